@@ -1,0 +1,1 @@
+"""Examples built on label-merge: generators, discriminator, losses, datasets, training."""
