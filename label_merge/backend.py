@@ -32,7 +32,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def triton_unavailable_reasons(device: torch.device, dtype: torch.dtype, module=None) -> list[str]:
+def triton_unavailable_reasons(
+    device: torch.device, dtype: torch.dtype, module: torch.nn.Module | None = None
+) -> list[str]:
     """Every reason the fused Triton path cannot run here (empty if it can).
 
     Args:
@@ -55,7 +57,9 @@ def triton_unavailable_reasons(device: torch.device, dtype: torch.dtype, module=
     return reasons
 
 
-def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype, module=None) -> str:
+def resolve_backend(
+    requested: str, device: torch.device, dtype: torch.dtype, module: torch.nn.Module | None = None
+) -> str:
     """Turn a requested backend into the one that runs: ``"torch"`` or ``"triton"``.
 
     Raises:

@@ -34,8 +34,10 @@ def _positive_int(name: str, value, *, allow_none: bool = False) -> None:
 
 def _missing_everywhere(spec: LabelSpec, name: str, device: torch.device) -> PixelLabel:
     """A one-pixel stand-in for a label absent from ``labels`` (zero input, not present)."""
-    values = torch.zeros(1, dtype=torch.long, device=device) if spec.is_categorical else torch.zeros(
-        1, spec.channels, device=device
+    values = (
+        torch.zeros(1, dtype=torch.long, device=device)
+        if spec.is_categorical
+        else torch.zeros(1, spec.channels, device=device)
     )
     return PixelLabel(name, spec, values, torch.zeros(1, dtype=torch.bool, device=device))
 
@@ -173,7 +175,7 @@ class TLAM(_TokenMerger):
     Raises:
         ValueError: Bad specs or hyper-parameters.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from label_merge import TLAM, LabelSpec
         >>> merger = TLAM({"semantic": LabelSpec.categorical(4), "depth": LabelSpec.continuous(1)}, dim=12, heads=3)
@@ -194,8 +196,8 @@ class TLAM(_TokenMerger):
         backend: str = "auto",
         checkpoint: bool = False,
         *,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(specs, dim, drop, chunk_pixels, device, dtype)
         _positive_int("depth", depth)
@@ -250,7 +252,7 @@ class TLAM(_TokenMerger):
         Returns:
             ``(B, N, H, W)`` float32 in spec (token) order.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from label_merge import TLAM, LabelSpec
             >>> m = TLAM({"a": LabelSpec.continuous(1), "b": LabelSpec.continuous(2)}, dim=8, heads=2)
@@ -300,7 +302,7 @@ class CLAM(_TokenMerger):
         device: Factory argument for the parameters.
         dtype: Factory argument for the parameters.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from label_merge import CLAM, LabelSpec
         >>> merger = CLAM({"depth": LabelSpec.continuous(1)}, dim=16)
@@ -316,8 +318,8 @@ class CLAM(_TokenMerger):
         drop: str = "zero",
         chunk_pixels: int | None = None,
         *,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(specs, dim, drop, chunk_pixels, device, dtype)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
@@ -358,7 +360,7 @@ class NaiveConcat(nn.Module):
         dtype: Output dtype; None takes the promoted dtype of the continuous labels given, or
             the default dtype when only categorical labels are given.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from label_merge import NaiveConcat, LabelSpec
         >>> cat = NaiveConcat({"semantic": LabelSpec.categorical(3), "depth": LabelSpec.continuous(1)})
@@ -368,7 +370,9 @@ class NaiveConcat(nn.Module):
         torch.Size([1, 6, 2, 2])
     """
 
-    def __init__(self, specs: Mapping[str, LabelSpec], include_masks: bool = True, *, dtype=None) -> None:
+    def __init__(
+        self, specs: Mapping[str, LabelSpec], include_masks: bool = True, *, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.specs = check_specs(specs)
         self.include_masks = include_masks

@@ -56,7 +56,7 @@ class LabelSpec:
             ignore_index: An id meaning "no label here" (it may lie inside or outside the
                 valid range, e.g. ``0`` for Taskonomy or ``255`` for Cityscapes).
 
-        Example:
+        Examples:
             >>> LabelSpec.categorical(18, ignore_index=0).channels
             18
         """
@@ -66,7 +66,7 @@ class LabelSpec:
     def continuous(cls, channels: int) -> LabelSpec:
         """A float map ``(B, channels, H, W)``; a one-channel map may also be ``(B, H, W)``.
 
-        Example:
+        Examples:
             >>> LabelSpec.continuous(3).kind
             'continuous'
         """
@@ -154,9 +154,7 @@ def _as_mask(name: str, m: torch.Tensor, bhw: tuple[int, int, int]) -> torch.Ten
         m = m[:, 0]
     if tuple(m.shape) != bhw:
         B, H, W = bhw
-        raise ValueError(
-            f"masks[{name!r}]: expected shape ({B}, {H}, {W}) or ({B}, 1, {H}, {W}), got {tuple(m.shape)}"
-        )
+        raise ValueError(f"masks[{name!r}]: expected shape ({B}, {H}, {W}) or ({B}, 1, {H}, {W}), got {tuple(m.shape)}")
     return m
 
 

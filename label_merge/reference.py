@@ -8,6 +8,7 @@ pixels and ``N`` label tokens of width ``d``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ def attention(
 
 
 def transformer_block(
-    z: torch.Tensor, key_mask: torch.Tensor | None, block, *, return_weights: bool = False
+    z: torch.Tensor, key_mask: torch.Tensor | None, block: torch.nn.Module, *, return_weights: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Eq. (2) and (3), pre-LN: ``z + MSA(LN(z))`` then ``z + MLP(LN(z))`` with exact GELU.
 
@@ -159,7 +160,7 @@ def attention_keys(present: torch.Tensor) -> torch.Tensor:
 def encode_tokens(
     z: torch.Tensor,
     present: torch.Tensor,
-    blocks,
+    blocks: Sequence[torch.nn.Module],
     *,
     drop: str,
     null_concept: torch.Tensor | None = None,

@@ -20,7 +20,9 @@ __all__ = ["Attention", "Mlp", "TransformerBlock"]
 class Attention(nn.Module):
     """Multi-head self-attention over the label tokens of each pixel."""
 
-    def __init__(self, dim: int, heads: int, *, device=None, dtype=None) -> None:
+    def __init__(
+        self, dim: int, heads: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
@@ -38,7 +40,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """``fc2(GELU(fc1(x)))`` with exact GELU."""
 
-    def __init__(self, dim: int, hidden: int, *, device=None, dtype=None) -> None:
+    def __init__(
+        self, dim: int, hidden: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, device=device, dtype=dtype)
         self.fc2 = nn.Linear(hidden, dim, device=device, dtype=dtype)
@@ -53,7 +57,15 @@ class TransformerBlock(nn.Module):
     LayerNorm eps is 1e-5, PyTorch's default, so the block matches ``TransformerEncoderLayer``.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, *, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         hidden = int(round(dim * mlp_ratio))
         if hidden < 1:
