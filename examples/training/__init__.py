@@ -1,0 +1,1 @@
+"""Training machinery of the examples: configuration, checkpoints, data order, the loop."""

@@ -1,0 +1,229 @@
+"""Checkpoints as single safetensors files, written atomically, that resume a run exactly.
+
+One file holds the weights of every module, the optimizer states, the random number generator
+states, the step and the run's configuration (as JSON in the safetensors metadata), so nothing
+is unpickled on load. A file is written under a temporary name in the same folder and renamed
+into place, so a run killed mid-write leaves the previous checkpoint intact and never a partial
+``step_*.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+
+FORMAT = "label-merge-checkpoint/1"
+NAME = re.compile(r"step_(\d+)\.safetensors$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read, or does not fit the run it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns besides restoring modules and optimizers in place."""
+
+    path: Path
+    step: int
+    config: dict
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel or torch.compile wrapper."""
+    module = getattr(module, "_orig_mod", module)
+    return getattr(module, "module", module)
+
+
+def _cpu_unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies; safetensors refuses tensors that share memory."""
+    out, seen = {}, set()
+    for key, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        if t.numel() and t.data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.data_ptr())
+        out[key] = t
+    return out
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {
+        "rng_python": json.dumps(random.getstate()),
+        "rng_numpy": json.dumps([kind, keys.tolist(), pos, has_gauss, cached]),
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = sorted((k for k in tensors if k.startswith("rng/cuda/")), key=lambda k: int(k.rsplit("/", 1)[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda[: torch.cuda.device_count()]])
+    version, state, gauss = json.loads(meta["rng_python"])
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = json.loads(meta["rng_numpy"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors and a JSON-able remainder."""
+    state = optimizer.state_dict()
+    tensors, plain = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{name}/{index}/{key}"] = value
+            else:
+                plain.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
+
+
+def _restore_optimizer(name, optimizer, tensors, saved) -> None:
+    state: dict[int, dict] = {}
+    prefix = f"optim/{name}/"
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, field = key[len(prefix) :].split("/", 1)
+            state.setdefault(int(index), {})[field] = value
+    for index, entries in saved["plain_state"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    step: int,
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    config: Mapping,
+    keep: int | None = 3,
+) -> Path:
+    """Write ``folder/step_{step:08d}.safetensors`` atomically; keep the newest ``keep`` files.
+
+    Args:
+        folder: Where checkpoints live (created if needed).
+        step: The number of completed training steps.
+        modules: ``{name: module}`` (DDP or compiled wrappers are unwrapped).
+        optimizers: ``{name: optimizer}``.
+        config: The run's configuration, JSON-serialisable.
+        keep: How many checkpoints to keep (older ones are deleted after the new one is in
+            place); None keeps all.
+
+    Returns:
+        The path written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, meta = _rng_state()
+    optim_meta = {}
+    for name, module in modules.items():
+        tensors.update({f"model/{name}/{k}": v for k, v in _unwrap(module).state_dict().items()})
+    for name, optimizer in optimizers.items():
+        extra, optim_meta[name] = _optimizer_tensors(name, optimizer)
+        tensors.update(extra)
+    meta.update(format=FORMAT, step=str(step), config=json.dumps(dict(config)), optimizers=json.dumps(optim_meta))
+    final = folder / f"step_{step:08d}.safetensors"
+    temporary = folder / f".{final.name}.{os.getpid()}.tmp"
+    try:
+        save_file(_cpu_unshared(tensors), str(temporary), metadata=meta)
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, final)  # atomic on POSIX and Windows
+    finally:
+        temporary.unlink(missing_ok=True)
+    if keep is not None:
+        for old in sorted(_checkpoints(folder))[:-keep]:
+            old[1].unlink(missing_ok=True)
+    return final
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in folder.glob("step_*.safetensors"):
+        match = NAME.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return found
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step in ``folder``, or None if there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = _checkpoints(folder)
+    return max(found)[1] if found else None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    restore_rng: bool = True,
+) -> Checkpoint:
+    """Restore modules, optimizers and RNG states in place from a checkpoint file.
+
+    Args:
+        path: A file written by :func:`save_checkpoint`.
+        modules: ``{name: module}`` built with the same configuration as the saved run.
+        optimizers: ``{name: optimizer}`` to restore, or None to skip (e.g. for generation).
+        restore_rng: Also restore the torch, CUDA, numpy and Python RNG states.
+
+    Returns:
+        The step and configuration stored in the file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file is not a readable label-merge checkpoint, or its contents
+            do not fit the given modules (the message names the file and the mismatch).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a label-merge checkpoint (format {meta.get('format')!r})")
+    for name, module in modules.items():
+        prefix = f"model/{name}/"
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{path} holds no weights for {name!r}")
+        try:
+            _unwrap(module).load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights for {name!r} do not fit: {err}") from err
+    saved_optimizers = json.loads(meta["optimizers"])
+    for name, optimizer in (optimizers or {}).items():
+        if name not in saved_optimizers:
+            raise CheckpointError(f"{path} holds no optimizer state for {name!r}")
+        _restore_optimizer(name, optimizer, tensors, saved_optimizers[name])
+    if restore_rng:
+        _set_rng_state(tensors, meta)
+    return Checkpoint(path=path, step=int(meta["step"]), config=json.loads(meta["config"]))
