@@ -1,0 +1,235 @@
+"""The configuration of a training run: dataclasses, presets and the command line.
+
+A run is fully described by :class:`RunConfig`, which is saved (as JSON) into every checkpoint,
+so ``--resume`` rebuilds exactly the same models and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields, replace
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "RunConfig", "PRESETS", "parse_args"]
+
+DATASETS = ("synthetic", "taskonomy", "cityscapes", "nyu")
+MERGERS = ("tlam", "clam", "naive", "semantic")
+GENERATORS = ("asap", "spade")
+
+
+@dataclass
+class DataConfig:
+    """Which images and labels to train on."""
+
+    dataset: str = "synthetic"
+    data_root: str | None = None  # real datasets only
+    resolution: int = 64  # image height; the width follows the dataset's aspect ratio
+    labels: list[str] | None = None  # None: every label the dataset has
+    train_samples: int = 4096  # synthetic only: size of the training set
+    val_samples: int = 64  # synthetic only: held-out samples for pictures and evaluation
+    workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The label merger, the generator and the discriminator."""
+
+    merger: str = "tlam"
+    generator: str = "asap"
+    dim: int = 32  # concept width (paper: 96)
+    depth: int = 2  # transformer blocks (TLAM) or d->d blocks (CLAM) (paper: 3)
+    heads: int = 2  # TLAM heads (paper: 3)
+    drop: str = "zero"  # missing-label rule: "zero" (paper) or "exclude"
+    # ASAP-Net low-resolution stream and per-pixel MLPs (paper: 64, 1024, 7, 64, 5)
+    asap_lr_width: int = 32
+    asap_lr_max_width: int = 128
+    asap_lr_depth: int = 2
+    asap_hr_width: int = 32
+    asap_hr_depth: int = 4
+    spade_ngf: int = 16  # SPADE base width (paper: 64)
+    ndf: int = 32  # discriminator base width (paper: 64)
+    num_d: int = 2
+    n_layers_d: int = 4
+
+
+@dataclass
+class OptimConfig:
+    """Adam with two time-scale learning rates and the loss weights (paper Sec. 4)."""
+
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: tuple[float, float] = (0.0, 0.999)  # the paper's; SPADE's code uses (0.0, 0.9)
+    lambda_feat: float = 10.0
+    lambda_vgg: float = 10.0
+    lambda_l1: float = 0.0  # optional pixel L1 (off in the paper)
+    vgg_weights: str | None = None  # torchvision vgg19 state dict; else $LABEL_MERGE_VGG19; else off
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, sparsity, logging and where things go."""
+
+    steps: int = 1500
+    batch_size: int = 8  # global: split across processes
+    sparsity: float = 0.0  # region dropout probability S (paper: 0 or 0.5)
+    seed: int = 0
+    amp: bool = False  # bfloat16 autocast
+    device: str = "auto"
+    out: str = "runs/asap_tlam"
+    log_every: int = 25
+    sample_every: int = 250
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved into each checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        optim = dict(d["optim"])
+        optim["betas"] = tuple(optim["betas"])
+        return cls(
+            data=DataConfig(**d["data"]),
+            model=ModelConfig(**d["model"]),
+            optim=OptimConfig(**optim),
+            train=TrainConfig(**d["train"]),
+        )
+
+
+# "demo" trains in minutes on a laptop CPU; "paper" is the paper's configuration (Sec. 4,
+# supplementary B) with ASAP-Net's and SPADE's published sizes.
+PRESETS = {
+    "demo": RunConfig(),
+    "paper": RunConfig(
+        data=DataConfig(resolution=256),
+        model=ModelConfig(
+            dim=96,
+            depth=3,
+            heads=3,
+            asap_lr_width=64,
+            asap_lr_max_width=1024,
+            asap_lr_depth=7,
+            asap_hr_width=64,
+            asap_hr_depth=5,
+            spade_ngf=64,
+            ndf=64,
+        ),
+        train=TrainConfig(steps=200_000, batch_size=16, log_every=100, sample_every=2000, checkpoint_every=5000),
+    ),
+}
+
+# Flags that map one to one onto a config field: flag -> (section, field).
+_FIELD_FLAGS = {
+    "dataset": ("data", "dataset"),
+    "data_root": ("data", "data_root"),
+    "resolution": ("data", "resolution"),
+    "labels": ("data", "labels"),
+    "train_samples": ("data", "train_samples"),
+    "val_samples": ("data", "val_samples"),
+    "workers": ("data", "workers"),
+    "merger": ("model", "merger"),
+    "generator": ("model", "generator"),
+    "dim": ("model", "dim"),
+    "depth": ("model", "depth"),
+    "heads": ("model", "heads"),
+    "drop": ("model", "drop"),
+    "lr_g": ("optim", "lr_g"),
+    "lr_d": ("optim", "lr_d"),
+    "betas": ("optim", "betas"),
+    "lambda_feat": ("optim", "lambda_feat"),
+    "lambda_vgg": ("optim", "lambda_vgg"),
+    "lambda_l1": ("optim", "lambda_l1"),
+    "vgg_weights": ("optim", "vgg_weights"),
+    "steps": ("train", "steps"),
+    "batch_size": ("train", "batch_size"),
+    "sparsity": ("train", "sparsity"),
+    "seed": ("train", "seed"),
+    "amp": ("train", "amp"),
+    "device": ("train", "device"),
+    "out": ("train", "out"),
+    "log_every": ("train", "log_every"),
+    "sample_every": ("train", "sample_every"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_asap_tlam.py",
+        description="Train an image generator conditioned on several per-pixel labels through a label merger "
+        "(TLAM by default) on the built-in synthetic dataset or a real one. Run with torchrun for several "
+        "processes or machines.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="starting configuration")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, help="dataset (default: synthetic)")
+    g.add_argument("--data-root", help="folder of a real dataset in its original layout")
+    g.add_argument("--resolution", type=int, help="image height in pixels")
+    g.add_argument("--labels", nargs="+", help="labels to condition on (default: all the dataset has)")
+    g.add_argument("--train-samples", type=int, help="synthetic training set size")
+    g.add_argument("--val-samples", type=int, help="synthetic held-out samples")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g = p.add_argument_group("model")
+    g.add_argument("--merger", choices=MERGERS, help="label merger (semantic: one-hot semantics only)")
+    g.add_argument("--generator", choices=GENERATORS, help="generator backbone")
+    g.add_argument("--dim", type=int, help="concept width")
+    g.add_argument("--depth", type=int, help="merger depth")
+    g.add_argument("--heads", type=int, help="TLAM attention heads")
+    g.add_argument("--drop", choices=("zero", "exclude"), help="how missing labels are dropped")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr-g", type=float, help="generator (and merger) learning rate")
+    g.add_argument("--lr-d", type=float, help="discriminator learning rate")
+    g.add_argument("--betas", type=float, nargs=2, help="Adam betas (SPADE's code: 0 0.9)")
+    g.add_argument("--lambda-feat", type=float, help="feature matching weight")
+    g.add_argument("--lambda-vgg", type=float, help="VGG19 perceptual loss weight")
+    g.add_argument("--lambda-l1", type=float, help="pixel L1 loss weight")
+    g.add_argument("--vgg-weights", help="torchvision VGG19 state dict (.pth); else $LABEL_MERGE_VGG19")
+    g = p.add_argument_group("run")
+    g.add_argument("--steps", type=int, help="training steps (generator + discriminator updates)")
+    g.add_argument("--batch-size", type=int, help="global batch size, split across processes")
+    g.add_argument("--sparsity", type=float, help="region dropout probability S in [0, 1]")
+    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--out", help="output folder (checkpoints, samples, logs)")
+    g.add_argument("--log-every", type=int, help="steps between log lines")
+    g.add_argument("--sample-every", type=int, help="steps between sample grids")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        help="resume from a checkpoint file, or (no value) from the newest one in --out",
+    )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """Parse the command line into a :class:`RunConfig` (preset, then the flags given)."""
+    args = build_parser().parse_args(argv)
+    return apply_flags(PRESETS[args.preset], args), args
+
+
+def apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``config`` with every flag that was given on the command line applied."""
+    sections = {f.name: getattr(config, f.name) for f in fields(config)}
+    for flag, (section, name) in _FIELD_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            sections[section] = replace(sections[section], **{name: tuple(value) if name == "betas" else value})
+    return RunConfig(**sections)
+
+
+def given_flags(args: argparse.Namespace) -> list[str]:
+    """The config flags given on the command line (for resume conflicts)."""
+    return [flag for flag in _FIELD_FLAGS if getattr(args, flag, None) is not None]
