@@ -43,9 +43,7 @@ def _robust_scale(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def label_to_rgb(
-    name: str, spec: LabelSpec, value: torch.Tensor, present: torch.Tensor | None = None
-) -> torch.Tensor:
+def label_to_rgb(name: str, spec: LabelSpec, value: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one label as RGB.
 
     Class maps use :func:`class_palette`; ``normal`` maps ``[-1, 1]`` to ``[0, 1]``; other
@@ -134,4 +132,8 @@ def label_columns(
     specs: Mapping[str, LabelSpec], labels: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
 ) -> list[tuple[str, torch.Tensor]]:
     """One ``(title, rgb)`` column per label given, in spec order."""
-    return [(name, label_to_rgb(name, spec, labels[name], masks.get(name))) for name, spec in specs.items() if name in labels]
+    return [
+        (name, label_to_rgb(name, spec, labels[name], masks.get(name)))
+        for name, spec in specs.items()
+        if name in labels
+    ]

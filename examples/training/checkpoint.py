@@ -19,10 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_checkpoint_config",
+    "latest_checkpoint",
+]
 
 FORMAT = "label-merge-checkpoint/1"
 NAME = re.compile(r"step_(\d+)\.safetensors$")
@@ -198,18 +205,11 @@ def load_checkpoint(
             do not fit the given modules (the message names the file and the mismatch).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    meta = _read_metadata(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a label-merge checkpoint (format {meta.get('format')!r})")
     for name, module in modules.items():
         prefix = f"model/{name}/"
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -227,3 +227,27 @@ def load_checkpoint(
     if restore_rng:
         _set_rng_state(tensors, meta)
     return Checkpoint(path=path, step=int(meta["step"]), config=json.loads(meta["config"]))
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a label-merge checkpoint file, checked."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a label-merge checkpoint (format {meta.get('format')!r})")
+    return meta
+
+
+def load_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The run configuration stored in a checkpoint, without loading its tensors.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: Not a readable label-merge checkpoint.
+    """
+    return json.loads(_read_metadata(Path(path))["config"])

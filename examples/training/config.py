@@ -230,6 +230,13 @@ def apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
     return RunConfig(**sections)
 
 
-def given_flags(args: argparse.Namespace) -> list[str]:
-    """The config flags given on the command line (for resume conflicts)."""
-    return [flag for flag in _FIELD_FLAGS if getattr(args, flag, None) is not None]
+def changed_by_flags(config: RunConfig, args: argparse.Namespace) -> list[str]:
+    """The flags given on the command line whose value differs from ``config``'s."""
+    changed = []
+    for flag, (section, name) in _FIELD_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None and (tuple(value) if name == "betas" else value) != getattr(
+            getattr(config, section), name
+        ):
+            changed.append(flag)
+    return changed

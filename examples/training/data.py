@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch.utils.data import DistributedSampler, Sampler
 
 __all__ = ["ResumableSampler"]

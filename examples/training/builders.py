@@ -1,0 +1,178 @@
+"""Build the datasets and networks a :class:`~examples.training.config.RunConfig` describes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from examples.asapnet import ASAPNetConfig, ASAPNetGenerator
+from examples.discriminator import MultiscaleDiscriminator
+from examples.spade import SPADEConfig, SPADEGenerator
+from examples.training.config import DataConfig, ModelConfig, RunConfig
+from examples.weight_init import init_weights
+from label_merge import CLAM, TLAM, LabelSpec, NaiveConcat
+
+__all__ = [
+    "ConditionalGenerator",
+    "build_datasets",
+    "build_merger",
+    "build_networks",
+    "image_size",
+    "restore_generator",
+    "specs_from_dict",
+    "specs_to_dict",
+]
+
+# Width over height of each dataset's images, for a given --resolution (the height).
+ASPECT = {"synthetic": 1.0, "taskonomy": 1.0, "cityscapes": 2.0, "nyu": 4.0 / 3.0}
+
+
+def image_size(data: DataConfig) -> tuple[int, int]:
+    """``(H, W)`` of the training images."""
+    height = data.resolution
+    return height, int(round(height * ASPECT[data.dataset]))
+
+
+def build_datasets(data: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
+    """The training and held-out datasets.
+
+    The synthetic dataset draws its held-out scenes from a different seed, so they never
+    appear in training. Real datasets use their standard train and validation splits.
+
+    Raises:
+        ValueError: A real dataset without ``data_root``.
+    """
+    from examples import datasets
+
+    size = image_size(data)
+    if data.dataset == "synthetic":
+        train = datasets.SyntheticDataset(
+            num_samples=data.train_samples, resolution=size, seed=seed, labels=data.labels
+        )
+        val = datasets.SyntheticDataset(
+            num_samples=data.val_samples, resolution=size, seed=seed + 1_000_003, labels=data.labels
+        )
+        return train, val
+    if data.data_root is None:
+        raise ValueError(f"--dataset {data.dataset} needs --data-root (the dataset's folder)")
+    if data.dataset == "taskonomy":
+        full = datasets.TaskonomyDataset(data.data_root, labels=data.labels, resolution=size[0])
+        # Taskonomy has no fixed split here: hold out the last 10% of views.
+        cut = max(1, int(round(len(full) * 0.9)))
+        indices = list(range(len(full)))
+        return torch.utils.data.Subset(full, indices[:cut]), torch.utils.data.Subset(full, indices[cut:])
+    cls = {"cityscapes": datasets.CityscapesDataset, "nyu": datasets.NYUDepthV2Dataset}[data.dataset]
+    val_split = "val" if data.dataset == "cityscapes" else "test"
+    return (
+        cls(data.data_root, split="train", labels=data.labels, resolution=size),
+        cls(data.data_root, split=val_split, labels=data.labels, resolution=size),
+    )
+
+
+def label_specs_of(dataset: Dataset) -> dict[str, LabelSpec]:
+    """``label_specs`` of a dataset, also through ``Subset``."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dict(dataset.label_specs)
+
+
+def specs_to_dict(specs: Mapping[str, LabelSpec]) -> dict[str, dict]:
+    """Label specs as JSON-able dicts (stored in checkpoints, so generation needs no dataset)."""
+    return {name: {"kind": s.kind, "channels": s.channels, "ignore_index": s.ignore_index} for name, s in specs.items()}
+
+
+def specs_from_dict(d: Mapping[str, Mapping]) -> dict[str, LabelSpec]:
+    """Inverse of :func:`specs_to_dict`."""
+    return {name: LabelSpec(v["kind"], v["channels"], v["ignore_index"]) for name, v in d.items()}
+
+
+def build_merger(model: ModelConfig, specs: Mapping[str, LabelSpec]) -> nn.Module:
+    """The label merger: TLAM, CLAM, NaiveConcat, or one-hot semantics only.
+
+    Raises:
+        ValueError: ``semantic`` without a semantic label.
+    """
+    if model.merger == "tlam":
+        return TLAM(specs, dim=model.dim, depth=model.depth, heads=model.heads, drop=model.drop)
+    if model.merger == "clam":
+        return CLAM(specs, dim=model.dim, depth=model.depth, drop=model.drop)
+    if model.merger == "naive":
+        return NaiveConcat(specs)
+    if "semantic" not in specs or not specs["semantic"].is_categorical:
+        raise ValueError(f"--merger semantic needs a categorical 'semantic' label; the labels are {list(specs)}")
+    # The usual semantic image synthesis input: the one-hot class map alone.
+    return NaiveConcat({"semantic": specs["semantic"]}, include_masks=False)
+
+
+class ConditionalGenerator(nn.Module):
+    """A label merger followed by a generator: ``(labels, masks) -> (image, concept)``.
+
+    Labels the merger does not know (e.g. depth for the semantics-only baseline) are ignored.
+    """
+
+    def __init__(self, merger: nn.Module, generator: nn.Module) -> None:
+        super().__init__()
+        self.merger = merger
+        self.generator = generator
+
+    def forward(
+        self, labels: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        known = self.merger.specs
+        labels = {k: v for k, v in labels.items() if k in known}
+        masks = {k: v for k, v in (masks or {}).items() if k in labels}
+        concept = self.merger(labels, masks)  # (B, C, H, W)
+        return self.generator(concept), concept
+
+
+def build_networks(config: RunConfig, specs: Mapping[str, LabelSpec]) -> tuple[ConditionalGenerator, nn.Module]:
+    """The merger+generator and the multi-scale discriminator, initialised."""
+    m = config.model
+    merger = build_merger(m, specs)
+    height, width = image_size(config.data)
+    channels = merger.out_channels
+    if m.generator == "asap":
+        asap = ASAPNetConfig.for_image_size(
+            height,
+            width,
+            lr_width=m.asap_lr_width,
+            lr_max_width=m.asap_lr_max_width,
+            lr_depth=m.asap_lr_depth,
+            hr_width=m.asap_hr_width,
+            hr_depth=m.asap_hr_depth,
+        )
+        generator = ASAPNetGenerator(channels, config=asap)
+    else:
+        generator = SPADEGenerator(channels, config=SPADEConfig(ngf=m.spade_ngf))
+    init_weights(generator)
+    discriminator = MultiscaleDiscriminator(channels, num_scales=m.num_d, n_layers=m.n_layers_d, ndf=m.ndf)
+    init_weights(discriminator)
+    return ConditionalGenerator(merger, generator), discriminator
+
+
+def restore_generator(
+    checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[ConditionalGenerator, RunConfig, dict[str, LabelSpec]]:
+    """Rebuild the trained merger+generator of a checkpoint, in eval mode, on ``device``.
+
+    Needs no dataset: the label specs and the configuration are stored in the checkpoint.
+
+    Returns:
+        ``(generator, config, specs)``.
+
+    Raises:
+        FileNotFoundError, CheckpointError: See :func:`examples.training.checkpoint.load_checkpoint`.
+    """
+    from examples.training.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_config
+
+    saved = load_checkpoint_config(checkpoint)
+    if "label_specs" not in saved:
+        raise CheckpointError(f"{checkpoint} does not record its label specs")
+    config, specs = RunConfig.from_dict(saved), specs_from_dict(saved["label_specs"])
+    generator, _ = build_networks(config, specs)
+    load_checkpoint(checkpoint, modules={"generator": generator}, restore_rng=False)
+    return generator.to(device).eval(), config, specs

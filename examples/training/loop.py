@@ -1,0 +1,303 @@
+"""The adversarial training loop (paper Sec. 3.2 and 4, ASAP-Net/SPADE protocol).
+
+Each step updates the merger and generator once, then the discriminator once, on the same
+batch (SPADE's order):
+
+- generator step: hinge adversarial loss + feature matching + VGG19 perceptual loss (+ an
+  optional pixel L1), with the discriminator frozen;
+- discriminator step: hinge loss on real and (detached) fake images.
+
+The discriminator is conditioned on the concept tensor, concatenated with the image (paper
+Sec. 3.2). The concept it sees is detached: the merger learns only through the generator, so
+it cannot make the discriminator's conditioning uninformative.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from examples.label_images import image_to_rgb, label_columns, save_grid
+from examples.losses import (
+    VGGPerceptualLoss,
+    feature_matching_loss,
+    hinge_loss_d_fake,
+    hinge_loss_d_real,
+    hinge_loss_g,
+)
+from examples.training.builders import build_datasets, build_networks, label_specs_of, specs_to_dict
+from examples.training.checkpoint import load_checkpoint, save_checkpoint
+from examples.training.config import RunConfig
+from examples.training.data import ResumableSampler
+from examples.training.distributed import DistInfo, pick_device
+from label_merge.sparsity import region_dropout
+from label_merge.viz import concept_to_rgb
+
+__all__ = ["Trainer", "split_outputs", "to_device"]
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move every tensor of a (nested) sample dict to ``device``."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=True)
+        elif isinstance(value, dict):
+            out[key] = to_device(value, device)
+        else:
+            out[key] = value
+    return out
+
+
+def split_outputs(outputs: list[list[torch.Tensor]], first: int) -> tuple[list, list]:
+    """Split discriminator outputs of a ``cat([a, b])`` batch into the ``a`` and ``b`` parts."""
+    a = [[f[:first] for f in scale] for scale in outputs]
+    b = [[f[first:] for f in scale] for scale in outputs]
+    return a, b
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """A generator that depends only on (seed, step, rank): per-step randomness needs no state."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] % (2**63)))
+
+
+class Trainer:
+    """Everything a run needs, built from a :class:`RunConfig`.
+
+    Args:
+        config: The run configuration.
+        dist: This process's place in a distributed run.
+        resume: A checkpoint file to continue from, or None.
+        progress: Show a progress bar (rank 0 only).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        dist: DistInfo | None = None,
+        resume: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.dist = dist or DistInfo()
+        t = config.train
+        if t.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"--batch-size {t.batch_size} must be divisible by the number of processes ({self.dist.world_size})"
+            )
+        if not 0.0 <= t.sparsity <= 1.0:
+            raise ValueError(f"--sparsity must be in [0, 1], got {t.sparsity}")
+        self.device = pick_device(t.device, self.dist)
+        self.out = Path(t.out)
+        self.progress = progress and self.dist.is_main
+        torch.manual_seed(t.seed)
+
+        self.train_set, self.val_set = build_datasets(config.data, seed=t.seed)
+        self.specs = label_specs_of(self.train_set)
+        self.generator, self.discriminator = build_networks(config, self.specs)
+        self.generator.to(self.device)
+        self.discriminator.to(self.device)
+        o = config.optim
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o.lr_g, betas=o.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.lr_d, betas=o.betas)
+        self.vgg = VGGPerceptualLoss(o.vgg_weights, lambda_vgg=o.lambda_vgg).to(self.device) if o.lambda_vgg else None
+        self.step = 0
+        if resume is not None:
+            info = load_checkpoint(
+                resume,
+                modules={"generator": self.generator, "discriminator": self.discriminator},
+                optimizers={"generator": self.opt_g, "discriminator": self.opt_d},
+            )
+            self.step = info.step
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.generator_ddp = DistributedDataParallel(self.generator, device_ids=ids)
+            self.discriminator_ddp = DistributedDataParallel(self.discriminator, device_ids=ids)
+        else:
+            self.generator_ddp, self.discriminator_ddp = self.generator, self.discriminator
+        self.per_rank_batch = t.batch_size // self.dist.world_size
+        self.val_batch = self._fixed_val_batch()
+
+    # ------------------------------------------------------------------ data
+
+    def _loader(self) -> DataLoader:
+        sampler = ResumableSampler(
+            len(self.train_set),
+            seed=self.config.train.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            start=self.step * self.per_rank_batch,
+        )
+        workers = self.config.data.workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.per_rank_batch,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    def _fixed_val_batch(self, count: int = 4) -> dict:
+        count = min(count, len(self.val_set))
+        batch = torch.utils.data.default_collate([self.val_set[i] for i in range(count)])
+        return to_device(batch, self.device)
+
+    def _masks(self, batch: dict) -> dict[str, torch.Tensor]:
+        masks = batch["masks"]
+        if self.config.train.sparsity > 0:
+            g = step_generator(self.config.train.seed, self.step, self.dist.rank)
+            masks = region_dropout(masks, batch["regions"], self.config.train.sparsity, generator=g)
+        return masks
+
+    # ------------------------------------------------------------------ steps
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.amp)
+
+    def generator_step(self, batch: dict, masks: dict) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """One update of merger + generator. Returns the losses, the fake (detached) and the concept."""
+        o = self.config.optim
+        real = batch["image"]
+        # The frozen discriminator is called unwrapped: no gradient sync, no parameter grads.
+        d = self.discriminator
+        d.requires_grad_(False)
+        with self._autocast():
+            fake, concept = self.generator_ddp(batch["labels"], masks)
+            cond = concept.detach()
+            outputs = d(torch.cat([cond, cond]), torch.cat([fake, real]))
+        fake_out, real_out = split_outputs(outputs, fake.shape[0])
+        losses = {
+            "g_gan": hinge_loss_g(fake_out),
+            "g_feat": feature_matching_loss(fake_out, real_out, lambda_feat=o.lambda_feat),
+        }
+        if self.vgg is not None and self.vgg.enabled:
+            losses["g_vgg"] = self.vgg(fake.float(), real.float())
+        if o.lambda_l1:
+            losses["g_l1"] = o.lambda_l1 * F.l1_loss(fake.float(), real.float())
+        total = sum(losses.values())
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_g.step()
+        d.requires_grad_(True)
+        return {k: float(v) for k, v in losses.items()}, fake.detach(), concept.detach()
+
+    def discriminator_step(self, batch: dict, fake: torch.Tensor, concept: torch.Tensor) -> dict[str, float]:
+        """One update of the discriminator on real images and the generator step's fakes."""
+        real = batch["image"]
+        with self._autocast():
+            outputs = self.discriminator_ddp(torch.cat([concept, concept]), torch.cat([fake, real]))
+        fake_out, real_out = split_outputs(outputs, fake.shape[0])
+        losses = {"d_fake": hinge_loss_d_fake(fake_out), "d_real": hinge_loss_d_real(real_out)}
+        self.opt_d.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.opt_d.step()
+        return {k: float(v) for k, v in losses.items()}
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        masks = self._masks(batch)
+        losses, fake, concept = self.generator_step(batch, masks)
+        losses.update(self.discriminator_step(batch, fake, concept))
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss {name} is {value} at step {self.step + 1}")
+        return losses
+
+    # ------------------------------------------------------------------ outputs
+
+    @torch.no_grad()
+    def save_samples(self, path: Path) -> None:
+        """A grid with, per held-out sample: each label, the concept (PCA), generated and real."""
+        batch = self.val_batch
+        self.generator.eval()
+        with self._autocast():
+            fake, concept = self.generator(batch["labels"], batch["masks"])
+        self.generator.train()
+        columns = label_columns(self.specs, batch["labels"], batch["masks"])
+        columns += [
+            ("concept (PCA)", concept_to_rgb(concept.float()).cpu()),
+            ("generated", image_to_rgb(fake)),
+            ("real", image_to_rgb(batch["image"])),
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(path, columns)
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            modules={"generator": self.generator, "discriminator": self.discriminator},
+            optimizers={"generator": self.opt_g, "discriminator": self.opt_d},
+            config={**self.config.to_dict(), "label_specs": specs_to_dict(self.specs)},
+            keep=self.config.train.keep_checkpoints,
+        )
+
+    def _trim_log(self, log: Path) -> None:
+        """Drop log lines past the resumed step (a run killed after its last checkpoint)."""
+        if not log.exists():
+            return
+        lines = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        temporary = log.with_suffix(".tmp")
+        temporary.write_text("".join(line + "\n" for line in lines))
+        os.replace(temporary, log)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, float]:
+        """Run until ``config.train.steps``; returns the mean losses of the last log interval."""
+        t = self.config.train
+        main = self.dist.is_main
+        writer = None
+        log = self.out / "metrics.jsonl"
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            self._trim_log(log)
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
+        batches = iter(self._loader())
+        window: dict[str, list[float]] = defaultdict(list)
+        last: dict[str, float] = {}
+        bar = tqdm(total=t.steps, initial=self.step, disable=not self.progress, desc="training", unit="step")
+        started = time.perf_counter()
+        try:
+            while self.step < t.steps:
+                batch = to_device(next(batches), self.device)
+                losses = self.train_step(batch)
+                self.step += 1
+                bar.update(1)
+                for name, value in losses.items():
+                    window[name].append(value)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    last = {name: float(np.mean(values)) for name, values in window.items()}
+                    window.clear()
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
+                    if main:
+                        record = {"step": self.step, "seconds": round(time.perf_counter() - started, 2), **last}
+                        with log.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        for name, value in last.items():
+                            writer.add_scalar(f"loss/{name}", value, self.step)
+                if main and (self.step % t.sample_every == 0 or self.step == t.steps):
+                    self.save_samples(self.out / "samples" / f"step_{self.step:08d}.png")
+                if main and (self.step % t.checkpoint_every == 0 or self.step == t.steps):
+                    self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return last
