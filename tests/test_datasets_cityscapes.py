@@ -196,22 +196,13 @@ def test_missing_and_bad_files_are_named(city, tmp_path):
 def test_prepare_matches_on_the_fly(city, tmp_path):
     root, _ = city
     cache_dir = tmp_path / "cache"
-    result = prepare_main(
-        [
-            "cityscapes",
-            str(root),
-            "--resolution",
-            str(H // 2),
-            str(W // 2),
-            "--cache-dir",
-            str(cache_dir),
-            "--no-progress",
-        ]
-    )
+    half = (H // 2, W // 2)
+    args = ["cityscapes", str(root), "--resolution", str(half[0]), str(half[1]), "--cache-dir", str(cache_dir)]
+    result = prepare_main([*args, "--no-progress"])
     assert result.written == 2
     assert (result.folder / "train/aachen/aachen_000000_000019.npz").is_file()
-    cached = CityscapesDataset(root, resolution=(H // 2, W // 2), cache_dir=cache_dir)
-    fresh = CityscapesDataset(root, resolution=(H // 2, W // 2), cache_dir=cache_dir, use_cache=False)
+    cached = CityscapesDataset(root, resolution=half, cache_dir=cache_dir)
+    fresh = CityscapesDataset(root, resolution=half, cache_dir=cache_dir, use_cache=False)
     assert cached.use_cache
     for i in range(2):
         a, b = cached[i], fresh[i]
@@ -220,37 +211,10 @@ def test_prepare_matches_on_the_fly(city, tmp_path):
             torch.testing.assert_close(a["masks"][name], b["masks"][name])
     # Other parameters: the cache is refused with a message naming the recipe file...
     with pytest.raises(ValueError, match=r"recipe\.json.*other parameters"):
-        CityscapesDataset(root, resolution=(H // 2, W // 2), cache_dir=cache_dir, canny_high=0.2)
+        CityscapesDataset(root, resolution=half, cache_dir=cache_dir, canny_high=0.2)
     # ... and prepare replaces it only when asked to.
     with pytest.raises(ValueError, match=r"recipe\.json"):
-        prepare_main(
-            [
-                "cityscapes",
-                str(root),
-                "--resolution",
-                str(H // 2),
-                str(W // 2),
-                "--cache-dir",
-                str(cache_dir),
-                "--canny-high",
-                "0.2",
-                "--no-progress",
-            ]
-        )
-    redone = prepare_main(
-        [
-            "cityscapes",
-            str(root),
-            "--resolution",
-            str(H // 2),
-            str(W // 2),
-            "--cache-dir",
-            str(cache_dir),
-            "--canny-high",
-            "0.2",
-            "--overwrite",
-            "--no-progress",
-        ]
-    )
+        prepare_main([*args, "--canny-high", "0.2", "--no-progress"])
+    redone = prepare_main([*args, "--canny-high", "0.2", "--overwrite", "--no-progress"])
     assert redone.written == 2
-    assert CityscapesDataset(root, resolution=(H // 2, W // 2), cache_dir=cache_dir, canny_high=0.2).use_cache
+    assert CityscapesDataset(root, resolution=half, cache_dir=cache_dir, canny_high=0.2).use_cache

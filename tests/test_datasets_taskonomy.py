@@ -172,9 +172,8 @@ def test_missing_folders_and_bad_files_are_named(tmp_path, views):
 
 def test_prepare_matches_on_the_fly_and_is_used(domain_first, tmp_path):
     cache_dir = tmp_path / "cache"
-    result = prepare_main(
-        ["taskonomy", str(domain_first), "--resolution", "4", "--cache-dir", str(cache_dir), "--no-progress"]
-    )
+    args = ["taskonomy", str(domain_first), "--resolution", "4", "--cache-dir", str(cache_dir), "--no-progress"]
+    result = prepare_main(args)
     assert result.written == 2 and result.folder == cache_dir / "taskonomy" / "4x4"
     assert (result.folder / "recipe.json").is_file() and not (result.folder / "recipe.pending.json").exists()
     assert sorted(p.name for p in (result.folder / "cauthron").iterdir()) == [
@@ -190,9 +189,7 @@ def test_prepare_matches_on_the_fly_and_is_used(domain_first, tmp_path):
     path = cached.cache.path(cached.sample_key(0))
     np.savez_compressed(path, regions=np.full((4, 4), 99, np.int64))
     assert (cached[0]["regions"] == 99).all()
-    again = prepare_main(
-        ["taskonomy", str(domain_first), "--resolution", "4", "--cache-dir", str(cache_dir), "--no-progress"]
-    )
+    again = prepare_main(args)
     assert (again.written, again.skipped) == (0, 2)
 
 

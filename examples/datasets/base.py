@@ -104,22 +104,19 @@ class RealDataset(Dataset, ABC):
     def compute_derived(self, index: int, *, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Compute derived arrays ``keys`` (default: all) of sample ``index`` from the raw files."""
 
-    def all_derived_keys(self) -> tuple[str, ...]:
-        """Every array the cache holds for a sample (for all labels, not only the selected ones)."""
+    def _derived_keys_for(self, names: Sequence[str]) -> tuple[str, ...]:
         keys: list[str] = []
-        for name in ("regions", *self.all_labels):
-            for k in self.derived_keys.get(name, ()):
-                if k not in keys:
-                    keys.append(k)
+        for name in ("regions", *names):
+            keys += [k for k in self.derived_keys.get(name, ()) if k not in keys]
         return tuple(keys)
 
+    def all_derived_keys(self) -> tuple[str, ...]:
+        """Every array the cache holds for a sample (for all labels, not only the selected ones)."""
+        return self._derived_keys_for(self.all_labels)
+
     def needed_derived_keys(self) -> tuple[str, ...]:
-        keys: list[str] = []
-        for name in ("regions", *self.labels):
-            for k in self.derived_keys.get(name, ()):
-                if k not in keys:
-                    keys.append(k)
-        return tuple(keys)
+        """The derived arrays the selected labels (and the regions) need."""
+        return self._derived_keys_for(self.labels)
 
     def derived(self, index: int) -> dict[str, np.ndarray]:
         """Derived arrays for the selected labels: from the cache when present, else computed."""
