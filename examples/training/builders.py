@@ -129,6 +129,24 @@ class ConditionalGenerator(nn.Module):
         return self.generator(concept), concept
 
 
+def asap_downsampling_for(height: int, width: int) -> int:
+    """ASAP-Net's total downsampling ``S`` for an image size.
+
+    ASAP uses ``S = H // 16`` (a 16-row parameter grid). When that is not a power of two that
+    divides both sides (NYU's 240 x 320, say), take the largest power of two below it that
+    does, so the grid gets a few more rows instead of failing.
+
+    Raises:
+        ValueError: No power of two >= 2 divides both sides.
+    """
+    s = 1
+    while s * 2 <= max(height // 16, 2) and height % (s * 2) == 0 and width % (s * 2) == 0:
+        s *= 2
+    if s < 2:
+        raise ValueError(f"ASAP-Net needs an image size divisible by 2 at least, got {height} x {width}")
+    return s
+
+
 def build_networks(config: RunConfig, specs: Mapping[str, LabelSpec]) -> tuple[ConditionalGenerator, nn.Module]:
     """The merger+generator and the multi-scale discriminator, initialised."""
     m = config.model
@@ -136,9 +154,10 @@ def build_networks(config: RunConfig, specs: Mapping[str, LabelSpec]) -> tuple[C
     height, width = image_size(config.data)
     channels = merger.out_channels
     if m.generator == "asap":
-        asap = ASAPNetConfig.for_image_size(
-            height,
-            width,
+        s = asap_downsampling_for(height, width)
+        asap = ASAPNetConfig(
+            downsampling=s,
+            learned_ds_factor=min(16, s),
             lr_width=m.asap_lr_width,
             lr_max_width=m.asap_lr_max_width,
             lr_depth=m.asap_lr_depth,
