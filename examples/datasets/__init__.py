@@ -3,4 +3,11 @@
 A sample is a dict: ``image`` float ``(3, H, W)`` in [-1, 1]; ``labels`` ``{name: tensor}``;
 ``masks`` ``{name: bool (H, W)}``; ``regions`` int ``(H, W)``; ``meta`` ``{...}``. Each dataset
 class exposes ``label_specs`` (``{name: label_merge.LabelSpec}``).
+
+:class:`SyntheticDataset` renders procedural scenes with exact labels; it is the default dataset
+of every example and benchmark because it needs no download.
 """
+
+from .synthetic import LABEL_NAMES, SyntheticDataset
+
+__all__ = ["LABEL_NAMES", "SyntheticDataset"]
