@@ -193,7 +193,7 @@ class Trainer:
         total.backward()
         self.opt_g.step()
         d.requires_grad_(True)
-        return {k: float(v) for k, v in losses.items()}, fake.detach(), concept.detach()
+        return {k: float(v.detach()) for k, v in losses.items()}, fake.detach(), concept.detach()
 
     def discriminator_step(self, batch: dict, fake: torch.Tensor, concept: torch.Tensor) -> dict[str, float]:
         """One update of the discriminator on real images and the generator step's fakes."""
@@ -205,7 +205,7 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.opt_d.step()
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     def train_step(self, batch: dict) -> dict[str, float]:
         masks = self._masks(batch)
