@@ -426,3 +426,21 @@ def test_contributions_by_hand_for_one_layer():
     received = torch.stack(probs).mean(0).mean(1)  # (1, 2): mean over heads, then queries
     c = merger.contributions(labels)
     torch.testing.assert_close(c.view(1, 2), received.detach())
+
+
+def test_cpu_fused_attention_equals_the_explicit_form():
+    """On the CPU the reference uses PyTorch's fused attention unless weights are asked for."""
+    from label_merge import reference
+
+    torch.manual_seed(0)
+    block = small_tlam().blocks[0]
+    x = torch.randn(50, 5, 12, dtype=torch.float64, requires_grad=True)
+    key_mask = reference.attention_keys(torch.rand(50, 5) > 0.5)
+    a = block.attn.double()
+    args = (x, key_mask, a.qkv.weight, a.qkv.bias, a.proj.weight, a.proj.bias, a.heads)
+    fused = reference.attention(*args)
+    explicit, _ = reference.attention(*args, return_weights=True)
+    torch.testing.assert_close(fused, explicit)
+    (g_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    (g_explicit,) = torch.autograd.grad(explicit.square().sum(), x)
+    torch.testing.assert_close(g_fused, g_explicit)
