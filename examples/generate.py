@@ -39,43 +39,54 @@ def export_synthetic(count: int, folder: Path, *, resolution: int, seed: int) ->
         save_label_file(folder / f"scene_{i:04d}.npz", sample["labels"], sample["masks"])
 
 
+def _batches(items: list, batch_size: int) -> list[list]:
+    """Consecutive batches of label files of one size each (sizes may differ between files)."""
+    batches: list[list] = []
+    for item in items:
+        size = tuple(next(iter(item[1].values())).shape[-2:])
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and tuple(next(iter(last[0][1].values())).shape[-2:]) == size:
+            last.append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
 @torch.no_grad()
 def generate(checkpoint: str, labels_dir: str, out: str, *, device: str = "cpu", batch_size: int = 8) -> list[Path]:
-    """Generate one PNG per label file; returns the paths written."""
-    generator, config, specs = restore_generator(checkpoint, device=device)
+    """Generate one PNG per label file, and ``grid.png`` for the first batch; returns the PNGs.
+
+    Files in one batch must hold the same labels (a label missing from a file is missing
+    everywhere; give it an all-False mask instead to batch it with others).
+    """
+    generator, _, specs = restore_generator(checkpoint, device=device)
     items = load_label_folder(labels_dir, specs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written, columns = [], []
-    for start in tqdm(range(0, len(items), batch_size), desc="generating", unit="batch"):
-        chunk = items[start : start + batch_size]
-        sizes = {tuple(next(iter(labels.values())).shape[-2:]) for _, labels, _ in chunk}
-        if len(sizes) > 1:  # generate one by one when sizes differ
-            chunk_batches = [[item] for item in chunk]
-        else:
-            chunk_batches = [chunk]
-        for group in chunk_batches:
-            names = [name for name, _, _ in group]
-            labels = {k: torch.stack([lab[k] for _, lab, _ in group]).to(device) for k in group[0][1]}
-            masks = {k: torch.stack([m[k] for _, _, m in group]).to(device) for k in group[0][2]}
-            image, concept = generator(labels, masks)
-            rgb = image_to_rgb(image)
-            for name, picture in zip(names, rgb, strict=True):
-                path = out / f"{name}.png"
-                Image.fromarray((picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
-                written.append(path)
-            if len(columns) == 0 and len(sizes) == 1:
-                columns = label_columns(specs, labels, masks) + [
-                    ("concept (PCA)", concept_to_rgb(concept.float()).cpu()),
-                    ("generated", rgb),
-                ]
-    if columns:
-        save_grid(out / "grid.png", columns)
+    written = []
+    for index, batch in enumerate(tqdm(_batches(items, batch_size), desc="generating", unit="batch")):
+        names = {frozenset(labels) for _, labels, _ in batch}
+        if len(names) > 1:
+            raise ValueError(f"label files {[n for n, _, _ in batch]} hold different labels; use --batch-size 1")
+        labels = {k: torch.stack([lab[k] for _, lab, _ in batch]).to(device) for k in batch[0][1]}
+        masks = {k: torch.stack([m[k] for _, _, m in batch]).to(device) for k in labels}
+        image, concept = generator(labels, masks)
+        rgb = image_to_rgb(image)
+        for (name, _, _), picture in zip(batch, rgb, strict=True):
+            path = out / f"{name}.png"
+            Image.fromarray((picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+            written.append(path)
+        if index == 0:
+            columns = label_columns(specs, labels, masks)
+            columns += [("concept (PCA)", concept_to_rgb(concept.float()).cpu()), ("generated", rgb)]
+            save_grid(out / "grid.png", columns)
     return written
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("checkpoint", nargs="?", help="a checkpoint written by train_asap_tlam.py")
     p.add_argument("labels", nargs="?", help="folder of .npz label files")
     p.add_argument("--out", default="generated", help="output folder")

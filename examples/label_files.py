@@ -44,7 +44,8 @@ def load_label_file(
 
     Returns:
         ``(labels, masks)``: class maps int64 ``(H, W)``, continuous labels float32
-        ``(C, H, W)``, masks bool ``(H, W)``.
+        ``(C, H, W)``, and a bool ``(H, W)`` mask for every label (all True where the file
+        stores none).
 
     Raises:
         FileNotFoundError: No such file.
@@ -72,7 +73,9 @@ def load_label_file(
         spec = specs[name]
         if spec.is_categorical:
             if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-                raise ValueError(f"{path}: {name!r} must be an integer (H, W) class map, got {array.dtype} {array.shape}")
+                raise ValueError(
+                    f"{path}: {name!r} must be an integer (H, W) class map, got {array.dtype} {array.shape}"
+                )
             labels[name] = torch.from_numpy(array.astype(np.int64))
         else:
             if array.ndim == 2 and spec.channels == 1:
@@ -87,10 +90,13 @@ def load_label_file(
     orphans = sorted(set(masks) - set(labels))
     if orphans:
         raise ValueError(f"{path}: masks for {orphans} but no such labels")
-    sizes = {name: tuple(v.shape[-2:]) for name, v in {**labels, **masks}.items()}
+    sizes = {name: tuple(v.shape[-2:]) for name, v in labels.items()}
+    sizes.update({MASK_PREFIX + name: tuple(m.shape) for name, m in masks.items()})
     if len(set(sizes.values())) > 1:
         raise ValueError(f"{path}: arrays differ in size: {sizes}")
-    return labels, masks
+    (size,) = set(sizes.values())
+    dense = {name: torch.ones(size, dtype=torch.bool) for name in labels if name not in masks}
+    return labels, {**masks, **dense}
 
 
 def load_label_folder(
