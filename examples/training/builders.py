@@ -27,6 +27,9 @@ __all__ = [
     "specs_to_dict",
 ]
 
+# The synthetic held-out scenes of a run with seed s are drawn with seed s + this offset.
+HELD_OUT_SEED_OFFSET = 1_000_003
+
 # Width over height of each dataset's images, for a given --resolution (the height).
 ASPECT = {"synthetic": 1.0, "taskonomy": 1.0, "cityscapes": 2.0, "nyu": 4.0 / 3.0}
 
@@ -51,10 +54,14 @@ def build_datasets(data: DataConfig, *, seed: int) -> tuple[Dataset, Dataset]:
     size = image_size(data)
     if data.dataset == "synthetic":
         train = datasets.SyntheticDataset(
-            num_samples=data.train_samples, resolution=size, seed=seed, labels=data.labels
+            num_samples=data.train_samples, resolution=size, seed=seed, labels=data.labels, cache_dir=data.cache_dir
         )
         val = datasets.SyntheticDataset(
-            num_samples=data.val_samples, resolution=size, seed=seed + 1_000_003, labels=data.labels
+            num_samples=data.val_samples,
+            resolution=size,
+            seed=seed + HELD_OUT_SEED_OFFSET,
+            labels=data.labels,
+            cache_dir=data.cache_dir,
         )
         return train, val
     if data.data_root is None:

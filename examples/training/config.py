@@ -27,6 +27,7 @@ class DataConfig:
     train_samples: int = 4096  # synthetic only: size of the training set
     val_samples: int = 64  # synthetic only: held-out samples for pictures and evaluation
     workers: int = 0
+    cache_dir: str | None = None  # synthetic only: keep rendered samples here (.npz) and read them back
 
 
 @dataclass

@@ -1,0 +1,13 @@
+"""The building blocks of the studies that reproduce the paper's Section 4 (see ``docs/studies.md``).
+
+Modules:
+    budgets: how much compute a study spends (``--budget smoke | cpu-hour | paper | N``).
+    conditions: seeded evaluation sparsity and removed labels.
+    segmenters: the small segmenter of a dataset, trained once and cached.
+    scoring: FID, KID, PSNR, SSIM and the segmentation score of a generator.
+    runs: the rows of Table 1, trained in segments and measured along the way.
+    study: what the quality and sensitivity studies share.
+    report, plots: tables, claims and figures.
+    editing, scenes: label editing (Sec. 4.6) and the scenes it works on.
+    environment: CPU threads, machine record, atomic JSON.
+"""

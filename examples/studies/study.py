@@ -1,0 +1,152 @@
+"""What the quality and sensitivity studies share: budget, folders, evaluation set and networks.
+
+Both studies measure every model on the same held-out synthetic scenes with the same segmenter
+and FID features, and both file their runs under ``<work_dir>/<budget>/<row>/seed<k>``, so the
+sensitivity study reuses the quality study's sparse TLAM runs (and the other way round).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from examples.datasets import SyntheticDataset
+from examples.studies.budgets import Budget
+from examples.studies.conditions import LabelCondition
+from examples.studies.runs import Variant, run_config, run_dir, train_and_measure
+from examples.studies.scoring import Scorer, build_scorer, evaluate_generator, evaluation_loader
+from examples.studies.segmenters import obtain_segmenter
+from examples.training.builders import HELD_OUT_SEED_OFFSET
+from examples.training.checkpoint import latest_checkpoint
+from examples.training.config import DataConfig
+
+__all__ = ["Study", "EVAL_SPARSITY_SEED"]
+
+EVAL_SPARSITY_SEED = 0  # every model sees the same evaluation masks
+
+
+@dataclass
+class Study:
+    """The common set-up of a study run.
+
+    Args:
+        budget: The compute budget.
+        work_dir: Where runs (checkpoints, samples, measurements) go.
+        cache_dir: Where rendered scenes and trained segmenters are kept.
+        device: ``cpu``, ``cuda``, ``cuda:N`` (``auto``: CUDA when there is one).
+        fid_weights: The FID Inception weights, or None for the small segmenter's features.
+        vgg_weights: VGG19 weights for the perceptual loss, or None (then the loss is off unless
+            ``$LABEL_MERGE_VGG19`` names them).
+        progress: Show progress bars.
+    """
+
+    budget: Budget
+    work_dir: Path
+    cache_dir: Path
+    device: str = "auto"
+    fid_weights: str | None = None
+    vgg_weights: str | None = None
+    progress: bool = True
+    scorer: Scorer = field(init=False)
+    segmenter_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.work_dir, self.cache_dir = Path(self.work_dir), Path(self.cache_dir)
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.scene_cache = self.cache_dir / "scenes" if self.budget.cache_scenes else None
+        data = DataConfig(
+            resolution=self.budget.resolution,
+            workers=self.budget.workers,
+            cache_dir=str(self.scene_cache) if self.scene_cache else None,
+        )
+        segmenter, self.segmenter_path = obtain_segmenter(
+            data, self.budget.segmenter, cache_dir=self.cache_dir, device=self.device, progress=self.progress
+        )
+        self.eval_set = SyntheticDataset(
+            num_samples=self.budget.eval_samples,
+            resolution=self.budget.resolution,
+            seed=HELD_OUT_SEED_OFFSET,  # the held-out scenes of the seed-0 runs, for every run
+            cache_dir=self.scene_cache,
+        )
+        self.scorer = build_scorer(
+            segmenter=segmenter,
+            segmenter_path=self.segmenter_path,
+            semantic_spec=self.eval_set.label_specs["semantic"],
+            fid_weights=self.fid_weights,
+            device=self.device,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+
+    def describe_eval_set(self) -> str:
+        return f"{self.eval_set!r}, the held-out scenes of the seed-0 runs"
+
+    def protocol(self, condition: LabelCondition | None = None) -> dict:
+        """What a measurement depends on besides the model."""
+        protocol = {
+            "eval_set": self.describe_eval_set(),
+            "eval_samples": self.budget.eval_samples,
+            **self.scorer.describe(),
+        }
+        if condition is not None:
+            protocol["condition"] = condition.describe()
+        return protocol
+
+    def measure(self, generator: nn.Module, condition: LabelCondition, *, desc: str = "evaluating") -> dict:
+        """All metrics of ``generator`` on the evaluation set under ``condition``."""
+        loader = evaluation_loader(self.eval_set, batch_size=self.budget.eval_batch_size, workers=self.budget.workers)
+        return evaluate_generator(
+            generator, loader, self.scorer, condition, device=self.device, progress=self.progress, desc=desc
+        )
+
+    @staticmethod
+    def training_condition(variant: Variant) -> LabelCondition:
+        """The condition a row is measured under: its training sparsity, with fixed masks."""
+        return LabelCondition(sparsity=variant.sparsity, seed=EVAL_SPARSITY_SEED)
+
+    # ------------------------------------------------------------------ runs
+
+    def run_dir(self, variant: Variant, seed: int) -> Path:
+        return run_dir(self.work_dir, self.budget, variant, seed)
+
+    def run(self, variant: Variant, seed: int) -> dict:
+        """Train (or continue) one run and measure it along the way; returns its records."""
+        config = run_config(
+            variant,
+            self.budget,
+            seed=seed,
+            out=self.run_dir(variant, seed),
+            device=self.device,
+            scene_cache=self.scene_cache,
+            vgg_weights=self.vgg_weights,
+        )
+        condition = self.training_condition(variant)
+        return train_and_measure(
+            config,
+            schedule=self.budget.schedule(),
+            measure=lambda generator: self.measure(generator, condition, desc=f"measuring {variant.name}"),
+            protocol=self.protocol(condition),
+            progress=self.progress,
+        )
+
+    def final_checkpoint(self, variant: Variant, seed: int) -> Path:
+        """The newest checkpoint of a finished run.
+
+        Raises:
+            FileNotFoundError: The run has no checkpoint.
+        """
+        folder = self.run_dir(variant, seed) / "checkpoints"
+        path = latest_checkpoint(folder)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {folder}")
+        return path
+
+
+def resolve_folder(value: str | os.PathLike | None, default: Path) -> Path:
+    """``value`` as a path, or ``default``."""
+    return Path(value).expanduser() if value else default
