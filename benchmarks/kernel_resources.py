@@ -126,8 +126,10 @@ def main() -> None:
     args = parser.parse_args()
     shape = StackShape(num_tokens=args.tokens, dim=96, heads=3, hidden=384)
     rows = []
-    header = f"{'kernel':20s} {'dtype':5s} {'M':>4s} {'warps':>5s} {'FC':>3s} {'regs':>5s} {'spill B':>8s} " \
-             f"{'smem B':>7s} {'wgmma':>6s} {'mma':>5s} {'vld':>5s} {'sld':>5s} {'compile s':>9s}"
+    header = (
+        f"{'kernel':20s} {'dtype':5s} {'M':>4s} {'warps':>5s} {'FC':>3s} {'regs':>5s} {'spill B':>8s} "
+        f"{'smem B':>7s} {'wgmma':>6s} {'mma':>5s} {'vld':>5s} {'sld':>5s} {'compile s':>9s}"
+    )
     print(header)
     for name in args.kernels:
         base = FORWARD_CONFIG if name == "forward" else BACKWARD_CONFIG
@@ -136,7 +138,8 @@ def main() -> None:
             row = compile_kernel(name, DTYPES[args.dtype], shape, config)
             rows.append(row)
             print(
-                f"{name:20s} {row['dtype']:5s} {row['block_m']:4d} {row['num_warps']:5d} {row['hidden_chunk'] or '-':>3} "
+                f"{name:20s} {row['dtype']:5s} {row['block_m']:4d} {row['num_warps']:5d} "
+                f"{row['hidden_chunk'] or '-':>3} "
                 f"{row['registers']:5d} {row['spill_stack_bytes']:8d} {row['shared_bytes']:7d} {row['wgmma']:6d} "
                 f"{row['mma_sync']:5d} {row['vector_loads']:5d} {row['scalar_loads']:5d} {row['compile_seconds']:9.1f}",
                 flush=True,

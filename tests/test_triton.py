@@ -80,7 +80,9 @@ def rel_err(value: torch.Tensor, truth: torch.Tensor) -> float:
 def cast(blocks: nn.ModuleList, dtype: torch.dtype) -> nn.ModuleList:
     """A copy of ``blocks`` in ``dtype`` on DEVICE."""
     copy = nn.ModuleList(
-        TransformerBlock(b.norm1.normalized_shape[0], b.attn.heads, b.mlp.fc1.out_features / b.norm1.normalized_shape[0])
+        TransformerBlock(
+            b.norm1.normalized_shape[0], b.attn.heads, b.mlp.fc1.out_features / b.norm1.normalized_shape[0]
+        )
         for b in blocks
     )
     copy.load_state_dict(blocks.state_dict())
@@ -94,11 +96,12 @@ def names(blocks: nn.ModuleList, drop: str) -> list[str]:
 # ----------------------------------------------------------------------------- float32 parity
 
 
-@pytest.mark.parametrize("num_tokens", [1, 2, 5, 7])
+@pytest.mark.parametrize("num_tokens", [1, 2, 5, 6, 7, 16])
 @pytest.mark.parametrize("drop", ["zero", "exclude"])
 def test_float32_matches_reference(num_tokens, drop):
-    """Outputs and all gradients agree tightly, odd P, including pixels with nothing present."""
-    dim, num_pixels = 32, 13
+    """Outputs and all gradients agree tightly: odd P over several tiles (one tile for N=1),
+    groups of 16 and of 32 rows (N=6), pixels with nothing present."""
+    dim, num_pixels = 32, 37
     blocks = make_blocks(dim, heads=2, mlp_ratio=2.0, depth=2, seed=num_tokens)
     z, present = make_tokens(num_pixels, num_tokens, dim, seed=1)
     null = torch.randn(dim, device=DEVICE) if drop == "exclude" else None
@@ -107,7 +110,7 @@ def test_float32_matches_reference(num_tokens, drop):
     ref, ref_grads = run(reference.encode_tokens, z, present, blocks, drop, null, upstream)
     assert out.dtype == torch.float32 and out.shape == (num_pixels, dim)
     assert rel_err(out, ref) < 1e-5
-    for name, g, r in zip(names(blocks, drop), grads, ref_grads):
+    for name, g, r in zip(names(blocks, drop), grads, ref_grads, strict=True):
         assert torch.isfinite(g).all(), name
         assert rel_err(g, r) < 1e-5, name
 
@@ -122,7 +125,7 @@ def test_float32_paper_widths_match_reference():
     out, grads = run(encode_tokens, z, present, blocks, "exclude", null, upstream)
     ref, ref_grads = run(reference.encode_tokens, z, present, blocks, "exclude", null, upstream)
     assert rel_err(out, ref) < 1e-5
-    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads):
+    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads, strict=True):
         assert rel_err(g, r) < 1e-5, name
 
 
@@ -144,7 +147,13 @@ def test_low_precision_parity(dtype, drop):
 
     exact_blocks = cast(blocks, torch.float64)
     truth, truth_grads = run(
-        reference.encode_tokens, z.double(), present, exact_blocks, drop, None if null is None else null.double(), upstream
+        reference.encode_tokens,
+        z.double(),
+        present,
+        exact_blocks,
+        drop,
+        None if null is None else null.double(),
+        upstream,
     )
     low_blocks = cast(blocks, dtype)
     low_null = None if null is None else null.to(dtype)
@@ -154,7 +163,7 @@ def test_low_precision_parity(dtype, drop):
     floor = 1e-3 * torch.finfo(dtype).eps  # only matters where the reference is exact
     assert fused.dtype == dtype
     assert rel_err(fused, truth) <= 2 * rel_err(ref, truth) + floor
-    for name, f, r, t in zip(names(blocks, drop), fused_grads, ref_grads, truth_grads):
+    for name, f, r, t in zip(names(blocks, drop), fused_grads, ref_grads, truth_grads, strict=True):
         assert torch.isfinite(f).all(), name
         assert rel_err(f, t) <= 2 * rel_err(r, t) + floor, name
 
@@ -165,13 +174,14 @@ def test_autocast_parity():
     blocks = make_blocks(dim, heads=2, mlp_ratio=2.0, depth=2, seed=11)
     z, present = make_tokens(num_pixels, 3, dim, seed=12)
     upstream = torch.randn(num_pixels, dim, device=DEVICE)
-    truth, truth_grads = run(reference.encode_tokens, z.double(), present, cast(blocks, torch.float64), "zero", None,
-                             upstream)
+    truth, truth_grads = run(
+        reference.encode_tokens, z.double(), present, cast(blocks, torch.float64), "zero", None, upstream
+    )
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         fused, fused_grads = run(encode_tokens, z, present, blocks, "zero", None, upstream)
         ref, ref_grads = run(reference.encode_tokens, z, present, blocks, "zero", None, upstream)
     assert rel_err(fused, truth) <= 2 * rel_err(ref, truth)
-    for name, f, r, t in zip(names(blocks, "zero"), fused_grads, ref_grads, truth_grads):
+    for name, f, r, t in zip(names(blocks, "zero"), fused_grads, ref_grads, truth_grads, strict=True):
         assert rel_err(f, t) <= 2 * rel_err(r, t), name
 
 
@@ -189,7 +199,7 @@ def test_nothing_present_anywhere_is_finite(dtype):
     upstream = torch.randn(6, dim, device=DEVICE)
     out, grads = run(encode_tokens, z, present, blocks, "exclude", null, upstream)
     assert torch.equal(out, null.expand(6, dim))
-    for name, g in zip(names(blocks, "exclude"), grads):
+    for name, g in zip(names(blocks, "exclude"), grads, strict=True):
         assert torch.isfinite(g).all(), name
     assert torch.count_nonzero(grads[0]) == 0  # no token reaches the output
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -239,8 +249,11 @@ def test_no_grad_forward_matches():
 @pytest.mark.parametrize("drop", ["zero", "exclude"])
 def test_tlam_triton_backend_equals_torch(drop):
     """TLAM(backend="triton") and TLAM(backend="torch"): same concept tensor, same gradients."""
-    specs = {"seg": LabelSpec.categorical(5, ignore_index=0), "depth": LabelSpec.continuous(1),
-             "normal": LabelSpec.continuous(3)}
+    specs = {
+        "seg": LabelSpec.categorical(5, ignore_index=0),
+        "depth": LabelSpec.continuous(1),
+        "normal": LabelSpec.continuous(3),
+    }
     torch.manual_seed(0)
     fused = TLAM(specs, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop=drop, backend="triton").to(DEVICE)
     plain = TLAM(specs, dim=32, depth=2, heads=2, mlp_ratio=2.0, drop=drop, backend="torch").to(DEVICE)
@@ -257,7 +270,7 @@ def test_tlam_triton_backend_equals_torch(drop):
     assert rel_err(out, ref) < 1e-5
     out.square().sum().backward()
     ref.square().sum().backward()
-    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
         assert rel_err(p.grad, q.grad) < 1e-5, name
 
 
@@ -283,8 +296,14 @@ def test_fused_on_cpu_without_interpreter_lists_reasons():
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert "compiled for the GPU" in result.stdout, result.stderr[-2000:]
 
 
@@ -297,8 +316,14 @@ def test_importing_label_merge_does_not_import_triton():
         "print('triton' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LABEL_MERGE_BACKEND")}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert result.stdout.strip() == "False", result.stderr[-2000:]
 
 
@@ -313,7 +338,9 @@ def test_unsupported_reasons_lists_every_problem():
     reasons = " ".join(unsupported_reasons(torch.float64, merger))
     for expected in ("float64", "head dim 24", "MLP hidden width 100", "40 tokens"):
         assert expected in reasons
-    assert unsupported_reasons(torch.bfloat16, TLAM({"a": LabelSpec.continuous(1)}, dim=96, heads=3)) != []  # fp32 params
+    assert (
+        unsupported_reasons(torch.bfloat16, TLAM({"a": LabelSpec.continuous(1)}, dim=96, heads=3)) != []
+    )  # fp32 params
     paper = TLAM({k: LabelSpec.continuous(1) for k in "abcde"}, dim=96, heads=3)
     assert unsupported_reasons(torch.float32, paper) == []
 
@@ -369,7 +396,7 @@ def test_gpu_many_pixels_paper_config(num_pixels):
     out, grads = run(encode_tokens, z, present, blocks, "exclude", null, upstream)
     ref, ref_grads = run(reference.encode_tokens, z, present, blocks, "exclude", null, upstream)
     assert rel_err(out, ref) < 1e-4
-    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads):
+    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads, strict=True):
         assert rel_err(g, r) < 1e-4, name
 
 
@@ -379,13 +406,14 @@ def test_gpu_bf16_parity_paper_config():
     blocks = make_blocks(96, heads=3, mlp_ratio=4.0, depth=3, seed=2)
     z, present = make_tokens(4099, 5, 96, seed=2)
     upstream = torch.randn(4099, 96, device=DEVICE)
-    truth, truth_grads = run(reference.encode_tokens, z.double(), present, cast(blocks, torch.float64), "zero", None,
-                             upstream)
+    truth, truth_grads = run(
+        reference.encode_tokens, z.double(), present, cast(blocks, torch.float64), "zero", None, upstream
+    )
     low = cast(blocks, torch.bfloat16)
     fused, fused_grads = run(encode_tokens, z.bfloat16(), present, low, "zero", None, upstream)
     ref, ref_grads = run(reference.encode_tokens, z.bfloat16(), present, low, "zero", None, upstream)
     assert rel_err(fused, truth) <= 2 * rel_err(ref, truth)
-    for name, f, r, t in zip(names(blocks, "zero"), fused_grads, ref_grads, truth_grads):
+    for name, f, r, t in zip(names(blocks, "zero"), fused_grads, ref_grads, truth_grads, strict=True):
         assert rel_err(f, t) <= 2 * rel_err(r, t), name
 
 

@@ -49,7 +49,9 @@ def stack_reasons(token_dtype: torch.dtype, blocks, num_tokens: int | None, devi
             try:
                 param = block.get_parameter(name)
             except AttributeError:
-                reasons.append(f"block {index} has no parameter {name!r} (LayerNorm without affine or Linear without bias)")
+                reasons.append(
+                    f"block {index} has no parameter {name!r} (LayerNorm without affine or Linear without bias)"
+                )
                 continue
             param_dtypes.add(param.dtype)
     unsupported = sorted(str(d) for d in param_dtypes if d not in SUPPORTED_DTYPES)
@@ -111,9 +113,7 @@ def _weights(params, eps, dot_dtype) -> list[BlockWeights]:
     out = []
     for index in range(len(params) // per_block):
         chunk = params[index * per_block : (index + 1) * per_block]
-        tensors = tuple(
-            t.detach().to(dot_dtype if t.dim() == 2 else torch.float32).contiguous() for t in chunk
-        )
+        tensors = tuple(t.detach().to(dot_dtype if t.dim() == 2 else torch.float32).contiguous() for t in chunk)
         out.append(BlockWeights(tensors, *eps[index]))
     return out
 
@@ -158,7 +158,9 @@ def encode_tokens(
     if z.dim() != 3:
         raise ValueError(f"z must be (P, N, d), got shape {tuple(z.shape)}")
     if present.shape != z.shape[:2] or present.dtype != torch.bool:
-        raise ValueError(f"present must be bool of shape {tuple(z.shape[:2])}, got {present.dtype} {tuple(present.shape)}")
+        raise ValueError(
+            f"present must be bool of shape {tuple(z.shape[:2])}, got {present.dtype} {tuple(present.shape)}"
+        )
     if drop == "exclude" and null_concept is None:
         raise ValueError("drop='exclude' needs a null_concept")
     reasons = stack_reasons(z.dtype, blocks, z.shape[1], z.device.type)

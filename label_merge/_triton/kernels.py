@@ -37,6 +37,8 @@ def _device_function(fn):
     ``@triton.jit`` helper does) would dominate the interpreter's run time.
     """
     return fn if _INTERPRET else triton.jit(fn)
+
+
 # Globals read inside kernels must be tl.constexpr.
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -291,9 +293,7 @@ def _qkv_head(
 
 
 @_device_function
-def _attention_probs(
-    q3, k3, allowed, qk_scale, PREC: tl.constexpr
-):
+def _attention_probs(q3, k3, allowed, qk_scale, PREC: tl.constexpr):
     """Softmax over allowed keys, fp32 ``(NG, G, G)``; rows with no allowed key are all zero.
 
     ``q3``, ``k3`` are ``(NG, G, E)`` in the compute dtype; ``qk_scale`` is
@@ -483,7 +483,20 @@ def mlp_backward_kernel(
 
     x1s = _attention_half(
         _load_chunks(x_ptr, row, valid, E, NC),
-        allowed, ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, eps1, qk_scale, G, E, NC, BLOCK_M, PREC,
+        allowed,
+        ln1_w,
+        ln1_b,
+        qkv_w,
+        qkv_b,
+        proj_w,
+        proj_b,
+        eps1,
+        qk_scale,
+        G,
+        E,
+        NC,
+        BLOCK_M,
+        PREC,
     )
     mean2, rstd2 = _ln_stats(x1s, eps2, NC, E)
     h2s = _affine(_normalize(x1s, mean2, rstd2, NC), ln2_w, ln2_b, dt, NC, E)
@@ -491,7 +504,7 @@ def mlp_backward_kernel(
     # in registers through the MLP loop; the barrier makes the stores visible to every thread.
     _store_chunks(dx1_ptr, x1s, row, valid, E, NC)
     dh2s = ()
-    for c in tl.static_range(NC):
+    for _c in tl.static_range(NC):
         dh2s = dh2s + (tl.zeros((BLOCK_M, E), dtype=tl.float32),)
     for f in tl.static_range(NF):
         g, dgelu = _gelu_and_grad(_linear(h2s, fc1_w, fc1_b, D, f * FC, E, FC, NC, PREC))
@@ -499,9 +512,7 @@ def mlp_backward_kernel(
         dg = tl.zeros((BLOCK_M, FC), dtype=tl.float32)
         for c in tl.static_range(NC):
             # dy is re-read per chunk (cache-resident): short live ranges instead of registers
-            dy = tl.load(
-                dy_ptr + row[:, None] * D + (c * E + tl.arange(0, E))[None, :], mask=valid[:, None], other=0.0
-            )
+            dy = tl.load(dy_ptr + row[:, None] * D + (c * E + tl.arange(0, E))[None, :], mask=valid[:, None], other=0.0)
             if f == 0:
                 _accumulate(g_fc2_b, c * E, tl.sum(dy.to(tl.float32), axis=0), E)
             dy = _cast(dy, dt)
@@ -631,16 +642,14 @@ def attention_backward_kernel(
         do3 = tl.reshape(_cast(do, dt), (NG, G, E))
         dp = _dot(do3, tl.permute(v3, (0, 2, 1)), PREC)  # (NG, G, G)
         dv3 = _dot(tl.permute(p_dt, (0, 2, 1)), do3, PREC)  # (NG, G, E)
-        dhs = _qkv_backward(tl.reshape(dv3, (BLOCK_M, E)), 2 * D + i * E, hs, dhs, qkv_w, g_qkv_w, g_qkv_b, NC, E,
-                            PREC)
+        dhs = _qkv_backward(tl.reshape(dv3, (BLOCK_M, E)), 2 * D + i * E, hs, dhs, qkv_w, g_qkv_w, g_qkv_b, NC, E, PREC)
         # softmax backward, times the 1/sqrt(E) of the scores: the gradient of q.k
         ds = p * (dp - tl.sum(p * dp, axis=2)[:, :, None]) * sm_scale
         ds_dt = _cast(ds, dt)
         dq3 = _dot(ds_dt, k3, PREC)
         dk3 = _dot(tl.permute(ds_dt, (0, 2, 1)), q3, PREC)
         dhs = _qkv_backward(tl.reshape(dq3, (BLOCK_M, E)), i * E, hs, dhs, qkv_w, g_qkv_w, g_qkv_b, NC, E, PREC)
-        dhs = _qkv_backward(tl.reshape(dk3, (BLOCK_M, E)), D + i * E, hs, dhs, qkv_w, g_qkv_w, g_qkv_b, NC, E,
-                            PREC)
+        dhs = _qkv_backward(tl.reshape(dk3, (BLOCK_M, E)), D + i * E, hs, dhs, qkv_w, g_qkv_w, g_qkv_b, NC, E, PREC)
     # x and dx1 are read again (cache-resident) instead of being kept in registers
     xh1s = _normalize(_load_chunks(x_ptr, row, valid, E, NC), mean1, rstd1, NC)
     dxs = _add_chunks(

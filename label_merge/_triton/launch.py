@@ -9,7 +9,7 @@ import torch
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import kernels
-from .layout import GRAD_NAMES, StackShape
+from .layout import StackShape
 
 __all__ = [
     "INTERPRETED",
@@ -146,17 +146,39 @@ def block_backward(
     qk_scale = kernels.LOG2E / math.sqrt(shape.head_dim)
     dx1 = torch.empty_like(x)  # gradient at the block's midpoint x1 = x + MSA(LN1(x))
     kernels.mlp_backward_kernel[(num_tiles,)](
-        x, dy, dx1, key_mask_arg, num_pixels, *weights.tensors, *views[6:], total, num_slots,
-        weights.eps1, weights.eps2, qk_scale, **common,
+        x,
+        dy,
+        dx1,
+        key_mask_arg,
+        num_pixels,
+        *weights.tensors,
+        *views[6:],
+        total,
+        num_slots,
+        weights.eps1,
+        weights.eps2,
+        qk_scale,
+        **common,
     )
     dx = torch.empty_like(x)
     common.pop("FC")
     common.pop("NF")
     kernels.attention_backward_kernel[(num_tiles,)](
-        x, dx1, dx, key_mask_arg, num_pixels, *weights.tensors[:5], *views[:6], total, num_slots,
-        weights.eps1, qk_scale, 1.0 / math.sqrt(shape.head_dim), **common,
+        x,
+        dx1,
+        dx,
+        key_mask_arg,
+        num_pixels,
+        *weights.tensors[:5],
+        *views[:6],
+        total,
+        num_slots,
+        weights.eps1,
+        qk_scale,
+        1.0 / math.sqrt(shape.head_dim),
+        **common,
     )
     del dx1
     summed = partials.sum(dim=0)  # (all params,)
-    grads = [g.view_as(t) for g, t in zip(summed.split(sizes), weights.tensors)]
+    grads = [g.view_as(t) for g, t in zip(summed.split(sizes), weights.tensors, strict=True)]
     return dx, grads

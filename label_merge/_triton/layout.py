@@ -133,7 +133,6 @@ class StackShape:
     def pixels_per_group(self) -> int:
         return self.group // self.num_tokens
 
-
     def pixels_per_tile(self, block_m: int) -> int:
         """Pixels one program handles with ``block_m`` rows."""
         return (block_m // self.group) * self.pixels_per_group
