@@ -25,11 +25,14 @@ forward (the fused backward also recomputes the forward: 4x, not counted). The r
 989.4 TFLOP/s, H100 SXM dense bf16 tensor cores.
 
     python benchmarks/bench_merger.py                 # CUDA if present (bf16), else a small CPU run
+    python benchmarks/bench_merger.py --no-tune --backward-config 128x8   # fixed fused launches
     python benchmarks/bench_merger.py --quick         # fewer sizes and repeats
-    python benchmarks/bench_merger.py --device cpu --resolutions 32x32 64x64 --batches 1 2
+    python benchmarks/bench_merger.py --device cpu --threads 1 --resolutions 32x32 64x64 --batches 1 2
 
-Writes ``benchmarks/results/merger_<device>.json`` and ``.png`` (and prints a table, and on CUDA
-the target checks at batch 8, 256x512).
+On CUDA the fused kernels' launch configurations (rows x warps per program) are first timed
+at 8x256x512 and the fastest are used (``--no-tune`` keeps the library's). Writes
+``benchmarks/results/merger_<device>.json`` and ``.png`` (and prints a table, and on CUDA the
+target checks at batch 8, 256x512).
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class Result:
     forward_tflops: float | None = None
     training_tflops: float | None = None
     training_roofline_fraction: float | None = None
+    note: str | None = None
 
 
 def _sync(device):
@@ -232,6 +236,11 @@ def _run_variant(result: Result, variant, pixels, *, device, dtype, drop, warmup
     result.training_ms = timed(training, device, warmup=warmup, repeats=repeats)
     result.peak_inference_bytes = peak_bytes(forward, device)
     result.peak_training_bytes = peak_bytes(training, device)
+    if variant == "compile":
+        # Inductor may rewrite softmax(q k^T) v into SDPA, which brings back the 65,535 grid limit.
+        from torch._dynamo.utils import counters
+
+        result.note = f"inductor fuse_attention rewrites: {counters['inductor']['fuse_attention']}"
 
 
 def measure(variant, batch, height, width, *, device, dtype, drop, warmup, repeats) -> Result:
@@ -353,16 +362,23 @@ def plot(results: list[Result], path: Path, title: str) -> None:
         ("peak_training_bytes", "training peak memory (MiB)"),
     )
     for ax, (attr, label) in zip(axes, panels, strict=True):
+        drawn = False
         for variant in VARIANTS:
             points = sorted(
                 (r.pixels, getattr(r, attr)) for r in results if r.variant == variant and getattr(r, attr) is not None
             )
             if not points:
                 continue
+            drawn = True
             xs, ys = zip(*points, strict=True)
             if attr == "peak_training_bytes":
                 ys = [y / 2**20 for y in ys]
             ax.plot(xs, ys, marker="o", label=variant)
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured on this device", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel("pixels (B x H x W)")
+            ax.set_ylabel(label)
+            continue
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("pixels (B x H x W)")
@@ -373,6 +389,60 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def set_launch_configs(forward: str | None, backward: str | None) -> dict:
+    """Replace the fused kernels' launch configurations (for tuning runs); returns those in use."""
+    from dataclasses import replace
+
+    from label_merge._triton import launch
+
+    def parse(text, base):
+        block_m, num_warps = (int(v) for v in text.lower().split("x"))
+        return replace(base, block_m=block_m, num_warps=num_warps)
+
+    if forward:
+        launch.FORWARD_CONFIG = parse(forward, launch.FORWARD_CONFIG)
+    if backward:
+        launch.BACKWARD_CONFIG = parse(backward, launch.BACKWARD_CONFIG)
+    return {"forward": asdict(launch.FORWARD_CONFIG), "backward": asdict(launch.BACKWARD_CONFIG)}
+
+
+FORWARD_CANDIDATES = ("128x8", "64x4", "64x8")
+BACKWARD_CANDIDATES = ("64x4", "64x8", "128x8")
+
+
+def tune_fused(*, device, dtype, drop, batch=8, height=256, width=512, repeats=5) -> dict:
+    """Time the candidate launch configurations of the fused kernels at one size; pick the fastest.
+
+    Forward configurations are compared on the forward alone, then backward configurations on
+    forward + backward with the chosen forward. A configuration that fails is recorded and skipped.
+    """
+    from label_merge._triton import launch
+
+    defaults = (launch.FORWARD_CONFIG, launch.BACKWARD_CONFIG)
+    sweep = {"size": f"{batch}x{height}x{width}", "forward_ms": {}, "training_ms": {}}
+    for which, candidates, key in (
+        ("forward", FORWARD_CANDIDATES, "forward_ms_median"),
+        ("backward", BACKWARD_CANDIDATES, "training_ms_median"),
+    ):
+        times = sweep["forward_ms" if which == "forward" else "training_ms"]
+        for candidate in candidates:
+            if which == "forward":
+                set_launch_configs(candidate, None)
+            else:
+                set_launch_configs(sweep["chosen_forward"], candidate)
+            print(f"tuning fused {which} {candidate} ...", flush=True)
+            r = measure("fused", batch, height, width, device=device, dtype=dtype, drop=drop, warmup=2, repeats=repeats)
+            times[candidate] = getattr(r, key) if r.status == "ok" else r.status
+        ok = {c: t for c, t in times.items() if isinstance(t, float)}
+        base = defaults[0 if which == "forward" else 1]
+        default = f"{base.block_m}x{base.num_warps}"
+        sweep[f"chosen_{which}"] = min(ok, key=ok.get) if ok else default
+    launch.FORWARD_CONFIG, launch.BACKWARD_CONFIG = defaults
+    sweep["chosen"] = {"forward": sweep.pop("chosen_forward"), "backward": sweep.pop("chosen_backward")}
+    print(f"fused launch configurations: {sweep['chosen']}", flush=True)
+    return sweep
 
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict:
@@ -416,12 +486,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--quick", action="store_true", help="two resolutions, three repeats")
+    parser.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
     parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/merger_<device>.json)")
+    parser.add_argument("--forward-config", help="fused forward launch, ROWSxWARPS (default: the library's)")
+    parser.add_argument("--backward-config", help="fused backward launch, ROWSxWARPS (default: the library's)")
+    parser.add_argument(
+        "--no-tune", action="store_true", help="on CUDA, skip timing the candidate fused launch configurations first"
+    )
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
+    launch_configs = set_launch_configs(args.forward_config, args.backward_config) if "fused" in args.variants else {}
+    sweep = {}
+    if cuda and "fused" in args.variants and not args.no_tune and not (args.forward_config or args.backward_config):
+        sweep = tune_fused(device=device, dtype=dtype, drop=args.drop)
+        launch_configs = set_launch_configs(sweep["chosen"]["forward"], sweep["chosen"]["backward"])
     resolutions = (
         [tuple(int(v) for v in r.lower().split("x")) for r in args.resolutions]
         if args.resolutions
@@ -506,6 +589,8 @@ def main() -> None:
         "warmup": warmup,
         "repeats": repeats,
         "results": [asdict(r) for r in results],
+        "fused_launch_configs": launch_configs,
+        "fused_config_sweep": sweep,
         "sdpa_unchunked_probe": probes,
         "targets": targets,
     }

@@ -129,6 +129,25 @@ def test_float32_paper_widths_match_reference():
         assert rel_err(g, r) < 1e-5, name
 
 
+@pytest.mark.parametrize(("forward", "backward"), [((64, 4), (128, 8)), ((32, 4), (32, 4))])
+def test_other_launch_configurations_match_reference(monkeypatch, forward, backward):
+    """Rows and warps per program change the tiling, not the result (the sweep in bench_merger relies on it)."""
+    from label_merge._triton import launch
+
+    monkeypatch.setattr(launch, "FORWARD_CONFIG", launch.LaunchConfig(*forward))
+    monkeypatch.setattr(launch, "BACKWARD_CONFIG", launch.LaunchConfig(*backward, num_slots=3))
+    dim, num_pixels = 32, 29
+    blocks = make_blocks(dim, heads=2, mlp_ratio=2.0, depth=1, seed=4)
+    z, present = make_tokens(num_pixels, 5, dim, seed=4)
+    null = torch.randn(dim, device=DEVICE)
+    upstream = torch.randn(num_pixels, dim, device=DEVICE)
+    out, grads = run(encode_tokens, z, present, blocks, "exclude", null, upstream)
+    ref, ref_grads = run(reference.encode_tokens, z, present, blocks, "exclude", null, upstream)
+    assert rel_err(out, ref) < 1e-5
+    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads, strict=True):
+        assert rel_err(g, r) < 1e-5, name
+
+
 # ----------------------------------------------------------------------------- low precision parity
 
 

@@ -44,8 +44,11 @@ class LaunchConfig:
     max_hidden_chunk: int = 64
 
 
-# Chosen from register counts of the sm_90 build (no spills); see docs/kernels.md.
-FORWARD_CONFIG = LaunchConfig(block_m=64, num_warps=4)
+# Chosen from the sm_90 builds (benchmarks/kernel_resources.py, docs/kernels.md): the forward
+# has no spills at 128 rows and 8 warps (one 64-row wgmma tile per warpgroup, half the weight
+# traffic of 64 rows); the backward kernels spill least at 64 rows and 4 warps. They are read
+# at each launch, so a tuning run may replace them.
+FORWARD_CONFIG = LaunchConfig(block_m=128, num_warps=8)
 BACKWARD_CONFIG = LaunchConfig(block_m=64, num_warps=4, num_slots=32, max_hidden_chunk=64)
 
 
@@ -70,6 +73,11 @@ def _precision(compute_dtype: torch.dtype) -> str:
 
 
 def _constexprs(shape: StackShape, config: LaunchConfig, key_mask, compute_dtype) -> dict:
+    block_m = config.block_m
+    if block_m < 16 or block_m & (block_m - 1) or block_m % shape.group:
+        raise ValueError(
+            f"block_m must be a power of two, at least 16 and a multiple of the group size {shape.group}, got {block_m}"
+        )
     return {
         **shape.constexprs(config.max_hidden_chunk),
         "BLOCK_M": config.block_m,
@@ -92,12 +100,14 @@ def block_forward(
     weights: BlockWeights,
     shape: StackShape,
     *,
-    config: LaunchConfig = FORWARD_CONFIG,
+    config: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """One transformer block on ``(P, N, d)`` contiguous tokens; returns a new ``(P, N, d)``.
 
-    ``key_mask`` is ``(P, N)`` uint8 (1 = may be attended to) or None (every token).
+    ``key_mask`` is ``(P, N)`` uint8 (1 = may be attended to) or None (every token);
+    ``config`` defaults to ``FORWARD_CONFIG``.
     """
+    config = config or FORWARD_CONFIG
     num_pixels = x.shape[0]
     y = torch.empty_like(x)
     grid = (_num_tiles(num_pixels, shape, config),)  # pixel tiles on grid axis 0 (up to 2**31 - 1)
@@ -124,19 +134,23 @@ def block_backward(
     weights: BlockWeights,
     shape: StackShape,
     *,
-    config: LaunchConfig = BACKWARD_CONFIG,
+    config: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Gradients of one block: ``dx`` ``(P, N, d)`` and fp32 parameter gradients (GRAD_NAMES order)."""
+    """Gradients of one block: ``dx`` ``(P, N, d)`` and fp32 parameter gradients (GRAD_NAMES order).
+
+    ``config`` defaults to ``BACKWARD_CONFIG``.
+    """
+    config = config or BACKWARD_CONFIG
     num_pixels = x.shape[0]
     num_tiles = _num_tiles(num_pixels, shape, config)
     num_slots = max(1, min(config.num_slots, num_tiles))
     sizes = [t.numel() for t in weights.tensors]
-    total = sum(sizes)
-    partials = torch.zeros(num_slots, total, device=x.device, dtype=torch.float32)  # (slots, all params)
-    views, start = [], 0
+    starts = [0]
     for size in sizes:
-        views.append(partials[:, start : start + size])  # (slots, numel); slot stride = total
-        start += size
+        starts.append(starts[-1] + -(-size // 4) * 4)  # 16-byte aligned parameter blocks
+    total = starts[-1]
+    partials = torch.zeros(num_slots, total, device=x.device, dtype=torch.float32)  # (slots, all params)
+    views = [partials[:, start : start + size] for start, size in zip(starts, sizes, strict=False)]  # (slots, numel)
     common = dict(
         num_warps=config.num_warps,
         num_stages=1,
@@ -180,5 +194,5 @@ def block_backward(
     )
     del dx1
     summed = partials.sum(dim=0)  # (all params,)
-    grads = [g.view_as(t) for g, t in zip(summed.split(sizes), weights.tensors, strict=True)]
+    grads = [summed[start : start + t.numel()].view_as(t) for start, t in zip(starts, weights.tensors, strict=False)]
     return dx, grads
