@@ -252,6 +252,14 @@ def test_single_pixel_and_frozen_blocks():
     assert rel_err(grad, ref_grad) < 1e-5
 
 
+def test_no_pixels():
+    blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=1, seed=0)
+    out = encode_tokens(
+        torch.zeros(0, 3, 32, device=DEVICE), torch.zeros(0, 3, dtype=torch.bool, device=DEVICE), blocks, drop="zero"
+    )
+    assert out.shape == (0, 32)
+
+
 def test_no_grad_forward_matches():
     blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=2, seed=10)
     z, present = make_tokens(7, 2, 32, seed=10)

@@ -1,8 +1,9 @@
 """The fused concept-generation block as a ``torch.autograd.Function``.
 
 Forward runs one kernel per transformer block and keeps only each block's input for backward
-(``depth`` activations of ``(P, N, d)``); backward runs one kernel per block, last to first,
-each recomputing its block's forward from the saved input. The mean over tokens runs in
+(``depth`` activations of ``(P, N, d)``); backward runs two kernels per block (the MLP half,
+then the attention half), last block first, each recomputing what it needs from the saved
+input. The mean over tokens runs in
 PyTorch (:func:`label_merge.reference.pool_tokens`), so ``null_concept`` gets its gradient
 from autograd.
 """
@@ -10,6 +11,7 @@ from autograd.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import reference
 from .launch import INTERPRETED, BlockWeights, block_backward, block_forward
@@ -90,6 +92,7 @@ class FusedBlocks(torch.autograd.Function):
         return x
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         key_mask, *rest = ctx.saved_tensors
         inputs, params = rest[: ctx.depth], rest[ctx.depth :]

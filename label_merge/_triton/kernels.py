@@ -1,4 +1,9 @@
-"""Triton kernels: one pre-LN transformer block per launch, forward and backward.
+"""Triton kernels for one pre-LN transformer block: a forward kernel and two backward kernels.
+
+``block_forward_kernel`` runs the whole block for a tile of token rows.
+``mlp_backward_kernel`` recomputes the attention half and runs the backward of the MLP half
+(``dy -> dx1``); ``attention_backward_kernel`` runs the backward of the attention half
+(``dx1 -> dx``), recomputing q, k, v and the probabilities head by head. See docs/kernels.md.
 
 Layout (see :mod:`label_merge._triton.layout`): a program owns ``BLOCK_M`` token rows made of
 ``BLOCK_M // G`` groups of ``G`` rows; a group holds ``PG = G // N`` whole pixels. Columns are
@@ -8,14 +13,14 @@ tuples of power-of-two chunks: ``NC`` chunks of ``E`` (= the heads) for the mode
 run in fp32 registers. Attention is a batched ``(BLOCK_M // G, G, G)`` ``tl.dot`` per head with
 a block-diagonal "same pixel" mask.
 
-Forward keeps the residual stream of a tile in fp32 registers for the whole block and writes
-only the block output. Backward recomputes the block from its input, then runs the chain rule
-back through it; weight gradients are per-tile fp32 partial sums added with atomics into one of
-``num_slots`` copies of the gradient (slot = program id modulo ``num_slots``), which the host
-sums afterwards.
+The forward keeps the residual stream of a tile in fp32 registers for the whole block and
+writes only the block output. Weight gradients are per-tile fp32 partial sums (a ``tl.dot``
+over the tile's rows) added with relaxed atomics into one of ``num_slots`` copies of the
+gradient (slot = program id modulo ``num_slots``), which the host sums afterwards.
 
 Weight and bias tiles are read without masks: the host checks that every width is an exact
-multiple of its chunk. Token rows are always masked.
+multiple of its chunk. Token rows are always masked; padding rows and rows past ``P`` load
+zeros, so their gradients are zero.
 """
 
 from __future__ import annotations

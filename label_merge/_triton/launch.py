@@ -87,10 +87,10 @@ def _constexprs(shape: StackShape, config: LaunchConfig, key_mask, compute_dtype
 
 
 def _num_tiles(num_pixels: int, shape: StackShape, config: LaunchConfig) -> int:
-    return triton_cdiv(num_pixels, shape.pixels_per_tile(config.block_m))
+    return _cdiv(num_pixels, shape.pixels_per_tile(config.block_m))
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
