@@ -7,10 +7,12 @@ the ``gpu`` tests below add large sizes and a speed check.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +35,7 @@ from label_merge._triton.layout import GROUP_SIZES, StackShape, choose_group, hi
 from label_merge.transformer import TransformerBlock  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ROOT = Path(__file__).resolve().parents[1]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compiled kernels)")
 
 
@@ -329,7 +332,7 @@ def test_fused_on_cpu_without_interpreter_lists_reasons():
         text=True,
         env=env,
         timeout=120,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
     )
     assert "compiled for the GPU" in result.stdout, result.stderr[-2000:]
 
@@ -349,7 +352,7 @@ def test_importing_label_merge_does_not_import_triton():
         text=True,
         env=env,
         timeout=120,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=ROOT,
     )
     assert result.stdout.strip() == "False", result.stderr[-2000:]
 
@@ -381,6 +384,38 @@ def test_encode_tokens_rejects_what_it_cannot_run():
         encode_tokens(z.double(), present, make_blocks(32, 2, 2.0, 1, seed=0).double(), drop="zero")
     with pytest.raises(ValueError, match="drop"):
         encode_tokens(z, present, blocks, drop="mean")
+
+
+def test_kernels_compile_for_h100():
+    """The interpreter is permissive where the compiler is not: build all three kernels for sm_90a.
+
+    Runs in a fresh process without TRITON_INTERPRET (the kernels here were decorated for the
+    interpreter); a small shape keeps it to seconds. The linears must land on wgmma, without spills.
+    """
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("Triton's NVIDIA backend (ptxas) is not installed")
+    code = (
+        "import json\n"
+        "from label_merge._triton.aot import KERNELS, compile_kernel\n"
+        "from label_merge._triton.launch import BACKWARD_CONFIG, FORWARD_CONFIG\n"
+        "from label_merge._triton.layout import StackShape\n"
+        "shape = StackShape(num_tokens=3, dim=32, heads=2, hidden=64)\n"
+        "rows = [compile_kernel(k, 'bf16', shape, FORWARD_CONFIG if k == 'forward' else BACKWARD_CONFIG)\n"
+        "        for k in KERNELS]\n"
+        "print(json.dumps(rows))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["kernel"] for r in rows] == ["forward", "mlp_backward", "attention_backward"]
+    for row in rows:
+        assert row["spill_stack_bytes"] == 0, row
+        assert row["wgmma"] > 0 and row["vector_loads"] > 0, row
 
 
 # ----------------------------------------------------------------------------- tiling arithmetic
