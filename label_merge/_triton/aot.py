@@ -98,7 +98,7 @@ def compile_kernel(
     fn = KERNELS[name]
     params = inspect.signature(fn.fn).parameters
     constexprs = {k: v for k, v in shape.constexprs(config.max_hidden_chunk).items() if k in params}
-    constexprs.update(BLOCK_M=config.block_m, HAS_KEY_MASK=key_mask, PREC="tf32" if dtype == "fp32" else "ieee")
+    constexprs.update(BLOCK_M=config.block_m, HAS_KEY_MASK=key_mask, PREC="tf32x3" if dtype == "fp32" else "ieee")
     signature = _signature(fn, dtype, constexprs)
     names = list(signature)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items() if v.startswith("*")}

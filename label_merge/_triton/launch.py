@@ -66,10 +66,15 @@ class BlockWeights:
 
 
 def _precision(compute_dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: exact fp32 unless PyTorch itself allows TF32 matmuls."""
-    if compute_dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not INTERPRETED:
-        return "tf32"
-    return "ieee"
+    """``tl.dot`` input precision for float32 operands (ignored for 16-bit ones).
+
+    TF32 when PyTorch allows TF32 matmuls, else 3xTF32 (split operands, near-fp32 accuracy on
+    tensor cores): exact ``"ieee"`` dots compile to FMA loops that take minutes to build and
+    run far slower. The interpreter computes in exact fp32 whatever this says.
+    """
+    if INTERPRETED or compute_dtype != torch.float32:
+        return "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
 def _constexprs(shape: StackShape, config: LaunchConfig, key_mask, compute_dtype) -> dict:
