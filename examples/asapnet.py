@@ -345,6 +345,19 @@ class PixelwiseMLPs(nn.Module):
             offset += co + ci * co
         self.num_params = offset
 
+    def prior_params(self, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One parameter vector ``(num_params,)`` of a randomly initialised MLP of these widths.
+
+        Weights are Kaiming-normal for leaky ReLU (std ``sqrt(2 / c_in)``), biases zero, in the
+        layout :meth:`forward` reads. Used as the parameter head's bias, it makes every tile start
+        from the same working MLP (see :meth:`ASAPNetGenerator.init_mlp_prior`).
+        """
+        parts = []
+        for ci, co, _ in self.layers:
+            parts.append(torch.zeros(co))  # bias_l
+            parts.append(torch.randn(ci * co, generator=generator) * math.sqrt(2.0 / ci))  # weight_l, input-major
+        return torch.cat(parts)
+
     def forward(self, x: torch.Tensor, params: torch.Tensor, *, tile: int) -> torch.Tensor:
         """Run the MLPs.
 
@@ -418,6 +431,21 @@ class ASAPNetGenerator(nn.Module):
         pre = cfg.downsampling // cfg.learned_ds_factor
         self.pre_downsample = TentDownsample(pre) if pre > 1 else nn.Identity()
         self.lr_stream = LowResStream(in_channels, self.mlp.num_params, cfg)
+
+    @torch.no_grad()
+    def init_mlp_prior(self, *, generator: torch.Generator | None = None) -> ASAPNetGenerator:
+        """Start the per-pixel MLPs as one working random MLP shared by all tiles.
+
+        With ASAP-Net's initialisation (xavier, gain 0.02, biases 0) the predicted MLP weights
+        have a standard deviation of a few thousandths, so the per-pixel MLPs pass almost
+        nothing of the concept at first: the output is a constant per tile, and Adam needs
+        thousands of steps to grow the weights. Setting the parameter head's bias to
+        :meth:`PixelwiseMLPs.prior_params` (its weights stay small) gives every tile the same
+        Kaiming-initialised MLP at step 0, which the low-res stream then modulates per tile, as
+        hypernetwork initialisations do. Call it after the usual weight initialisation.
+        """
+        self.lr_stream.to_params.bias.copy_(self.mlp.prior_params(generator=generator))
+        return self
 
     @property
     def downsampling(self) -> int:

@@ -270,3 +270,26 @@ def test_init_weights_xavier_gain():
     assert torch.count_nonzero(g.lr_stream.to_params.bias) == 0
     with pytest.raises(ValueError, match="init_type"):
         init_weights(g, init_type="glorot")
+
+
+def test_mlp_prior_makes_the_per_pixel_mlps_work_from_step_zero():
+    """ASAP-Net's init leaves the per-pixel MLPs nearly dead; the prior gives them a real signal."""
+    torch.manual_seed(0)
+    concept = torch.randn(2, 6, 32, 32)
+
+    def within_tile_std(g):
+        out = g(concept)
+        tile_mean = F.avg_pool2d(out, 8).repeat_interleave(8, 2).repeat_interleave(8, 3)
+        return (out - tile_mean).std().item()
+
+    config = ASAPNetConfig.small()
+    asap = init_weights(ASAPNetGenerator(6, config=config))
+    hyper = init_weights(ASAPNetGenerator(6, config=config)).init_mlp_prior(generator=torch.Generator().manual_seed(1))
+    assert within_tile_std(asap) < 1e-3
+    assert within_tile_std(hyper) > 0.05
+    prior = hyper.mlp.prior_params(generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(hyper.lr_stream.to_params.bias, prior)
+    for ci, co, offset in hyper.mlp.layers:  # biases zero, weights at the Kaiming scale
+        assert (prior[offset : offset + co] == 0).all()
+        weights = prior[offset + co : offset + co + ci * co]
+        assert abs(weights.std().item() - (2.0 / ci) ** 0.5) < 0.35 * (2.0 / ci) ** 0.5

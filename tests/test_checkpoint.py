@@ -38,9 +38,7 @@ def test_resume_continues_exactly(tmp_path):
     expected_draws = (random.random(), float(np.random.rand()))
 
     resumed, resumed_optimizer = model_and_optimizer(seed=123)  # different initial weights
-    info = load_checkpoint(
-        latest_checkpoint(tmp_path), modules={"m": resumed}, optimizers={"o": resumed_optimizer}
-    )
+    info = load_checkpoint(latest_checkpoint(tmp_path), modules={"m": resumed}, optimizers={"o": resumed_optimizer})
     assert info.step == 3 and info.config == {"lr": 1e-3}
     random.random(), np.random.rand()
     train(resumed, resumed_optimizer, 4)

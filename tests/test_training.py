@@ -20,12 +20,26 @@ def tiny_config(tmp_path, **train) -> RunConfig:
     return RunConfig(
         data=DataConfig(resolution=32, train_samples=8, val_samples=2),
         model=ModelConfig(
-            dim=8, depth=1, heads=2, asap_lr_width=8, asap_lr_max_width=16, asap_lr_depth=1, asap_hr_width=8,
-            asap_hr_depth=2, spade_ngf=4, ndf=8, n_layers_d=3,
+            dim=8,
+            depth=1,
+            heads=2,
+            asap_lr_width=8,
+            asap_lr_max_width=16,
+            asap_lr_depth=1,
+            asap_hr_width=8,
+            asap_hr_depth=2,
+            spade_ngf=4,
+            ndf=8,
+            n_layers_d=3,
         ),
         optim=OptimConfig(lambda_vgg=0.0),
         train=TrainConfig(
-            steps=1, batch_size=2, out=str(tmp_path / "run"), log_every=1, sample_every=1000, checkpoint_every=1000,
+            steps=1,
+            batch_size=2,
+            out=str(tmp_path / "run"),
+            log_every=1,
+            sample_every=1000,
+            checkpoint_every=1000,
             **train,
         ),
     )
@@ -69,14 +83,16 @@ def test_losses_fall_on_a_fixed_batch(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = Trainer(replace(tiny_config(tmp_path / "a"), train=replace(tiny_config(tmp_path / "a").train, steps=4)),
-                       progress=False)
+    straight = Trainer(
+        replace(tiny_config(tmp_path / "a"), train=replace(tiny_config(tmp_path / "a").train, steps=4)), progress=False
+    )
     straight.train()
 
     first = tiny_config(tmp_path / "b")
     first = replace(first, train=replace(first.train, steps=2, sparsity=0.3))
-    straight_sparse = Trainer(replace(first, train=replace(first.train, steps=4, out=str(tmp_path / "c"))),
-                              progress=False)
+    straight_sparse = Trainer(
+        replace(first, train=replace(first.train, steps=4, out=str(tmp_path / "c"))), progress=False
+    )
     straight_sparse.train()
     Trainer(first, progress=False).train()
     checkpoint = Path(first.train.out) / "checkpoints" / "step_00000002.safetensors"
@@ -111,14 +127,44 @@ def script(*args, env=None, **kw):
 def test_cli_help():
     done = script("examples/train_asap_tlam.py", "--help")
     assert done.returncode == 0, done.stderr
-    for flag in ("--dataset", "--data-root", "--merger", "--generator", "--sparsity", "--steps", "--batch-size",
-                 "--resolution", "--out", "--resume", "--device", "--seed", "--amp", "--preset"):
+    for flag in (
+        "--dataset",
+        "--data-root",
+        "--merger",
+        "--generator",
+        "--sparsity",
+        "--steps",
+        "--batch-size",
+        "--resolution",
+        "--out",
+        "--resume",
+        "--device",
+        "--seed",
+        "--amp",
+        "--preset",
+    ):
         assert flag in done.stdout
 
 
 TINY_FLAGS = [
-    "--resolution", "32", "--train-samples", "8", "--val-samples", "2", "--dim", "8", "--depth", "1",
-    "--heads", "2", "--batch-size", "2", "--log-every", "1", "--lambda-vgg", "0",
+    "--resolution",
+    "32",
+    "--train-samples",
+    "8",
+    "--val-samples",
+    "2",
+    "--dim",
+    "8",
+    "--depth",
+    "1",
+    "--heads",
+    "2",
+    "--batch-size",
+    "2",
+    "--log-every",
+    "1",
+    "--lambda-vgg",
+    "0",
 ]
 
 
@@ -138,9 +184,20 @@ def test_cli_trains_resumes_and_refuses_conflicting_flags(tmp_path):
 def test_two_process_ddp_on_cpu(tmp_path):
     """torchrun with 2 processes (gloo): ranks end with identical weights; only rank 0 writes."""
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "tests" / "ddp_worker.py"),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stdout + done.stderr

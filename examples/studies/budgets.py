@@ -123,6 +123,7 @@ _PAPER = ModelConfig(
     asap_lr_depth=7,
     asap_hr_width=64,
     asap_hr_depth=5,
+    asap_init="asap",
     spade_ngf=64,
     ndf=64,
     n_layers_d=4,

@@ -171,10 +171,13 @@ def build_networks(config: RunConfig, specs: Mapping[str, LabelSpec]) -> tuple[C
             hr_width=m.asap_hr_width,
             hr_depth=m.asap_hr_depth,
         )
-        generator = ASAPNetGenerator(channels, config=asap)
+        generator = init_weights(ASAPNetGenerator(channels, config=asap))
+        if m.asap_init == "hyper":
+            generator.init_mlp_prior()
+        elif m.asap_init != "asap":
+            raise ValueError(f"asap_init must be 'hyper' or 'asap', got {m.asap_init!r}")
     else:
-        generator = SPADEGenerator(channels, config=SPADEConfig(ngf=m.spade_ngf))
-    init_weights(generator)
+        generator = init_weights(SPADEGenerator(channels, config=SPADEConfig(ngf=m.spade_ngf)))
     discriminator = MultiscaleDiscriminator(channels, num_scales=m.num_d, n_layers=m.n_layers_d, ndf=m.ndf)
     init_weights(discriminator)
     return ConditionalGenerator(merger, generator), discriminator
