@@ -15,6 +15,11 @@ library versions to ``benchmarks/results/synthetic_speed.json``.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # One core: pin every thread pool before numpy and torch start theirs.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
@@ -22,41 +27,16 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import label_merge  # noqa: E402
 from examples.datasets import SyntheticDataset  # noqa: E402
+from examples.studies.environment import machine_info  # noqa: E402
 
 _WARMUP = 5
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "label_merge": label_merge.__version__,
-        "torch_threads": torch.get_num_threads(),
-        # Other processes on the machine slow the measurement down; this says how busy it was.
-        "load_average_1_5_15min": os.getloadavg(),
-    }
 
 
 def time_config(resolution: int, supersample: int, num: int, seed: int) -> tuple[list[float], list[float]]:
@@ -118,7 +98,7 @@ def main() -> None:
     result = {
         "benchmark": "SyntheticDataset.__getitem__, single thread, no cache",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
