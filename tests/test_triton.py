@@ -157,7 +157,7 @@ def test_other_launch_configurations_match_reference(monkeypatch, forward, backw
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("drop", ["zero", "exclude"])
 def test_low_precision_parity(dtype, drop):
-    """design.md's rule: error vs float64 at most twice that of the reference in the same dtype.
+    """The accuracy rule: error vs float64 at most twice that of the reference in the same dtype.
 
     Three heads of 16 and an MLP of 96 (three chunks of 32) exercise the chunked tiling.
     """

@@ -37,7 +37,7 @@ def default_cache_dir() -> Path:
 def configure_cpu(threads: int | None) -> None:
     """Set the number of CPU intra-op threads.
 
-    On the shared 2-core development machine, two threads made a training step 20 to 36 times
+    On the shared 2-core test machine, two threads made a training step 20 to 36 times
     slower than one whenever other processes were busy (the threads wait for each other), and at
     best 20% faster when the machine was idle; one thread is the safe choice there.
 
