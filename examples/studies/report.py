@@ -128,6 +128,7 @@ def quality_claims(rows: Sequence[dict]) -> list[dict]:
             "TLAM beats CLAM beats naive concatenation (dense, ASAP)",
             ["asap-tlam-dense", "asap-clam-dense", "asap-naive"],
         ),
+        ("TLAM beats CLAM (dense, ASAP)", ["asap-tlam-dense", "asap-clam-dense"]),
         ("TLAM beats CLAM with 50% sparse labels", ["asap-tlam-sparse", "asap-clam-sparse"]),
         ("dense labels beat 50% sparse labels (TLAM)", ["asap-tlam-dense", "asap-tlam-sparse"]),
     ]
@@ -211,6 +212,8 @@ def quality_markdown(report: Mapping) -> str:
         "## Claims",
         "",
     ]
+    if not report["claims"]:
+        lines.append("- none of the paper's claims can be checked with only these rows")
     for claim in report["claims"]:
         if "ratio" in claim:
             lines.append(f"- {claim['claim']}: {claim['ratio']:.2f} (paper: {claim['paper_ratio']:.2f})")
