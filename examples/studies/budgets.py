@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from examples.studies.segmenters import SegmenterRecipe
-from examples.training.config import ModelConfig
+from examples.training.config import PRESETS, ModelConfig
 
 __all__ = ["Budget", "BUDGETS", "resolve_budget"]
 
@@ -114,20 +114,7 @@ _SMALL = ModelConfig(
     ndf=16,
     n_layers_d=3,
 )
-_PAPER = ModelConfig(
-    dim=96,
-    depth=3,
-    heads=3,
-    asap_lr_width=64,
-    asap_lr_max_width=1024,
-    asap_lr_depth=7,
-    asap_hr_width=64,
-    asap_hr_depth=5,
-    asap_init="asap",
-    spade_ngf=64,
-    ndf=64,
-    n_layers_d=4,
-)
+_PAPER = PRESETS["paper"].model  # the training example's paper preset: one definition of the paper's sizes
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
