@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .statistics import FeatureStatistics
+from .statistics import FeatureStatistics, as_float64
 
 __all__ = ["frechet_distance", "fid_from_statistics"]
 
@@ -148,27 +148,15 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(np.linalg.eigvalsh(inner), 0.0, None)).sum())
 
 
-def _to_float64(value: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        array = value.detach().to("cpu", torch.float64).numpy()
-    elif isinstance(value, np.ndarray):
-        array = value.astype(np.float64, copy=False)
-    else:
-        raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(value).__name__}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
-
-
 def _as_vector(value: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    array = _to_float64(value, name)
+    array = as_float64(value, name)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a vector (D,), got shape {array.shape}")
     return array
 
 
 def _as_matrix(value: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    array = _to_float64(value, name)
+    array = as_float64(value, name)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
         raise ValueError(f"{name} must be a square matrix (D, D), got shape {array.shape}")
     return array

@@ -173,16 +173,22 @@ class FeatureStatistics:
         return stats
 
 
+def as_float64(value: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    """``value`` as a finite float64 numpy array; ``name`` is used in the errors."""
+    if isinstance(value, torch.Tensor):
+        array = value.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(value, np.ndarray):
+        array = value.astype(np.float64, copy=False)
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} has NaN or infinite values")
+    return array
+
+
 def _as_float64_matrix(features: torch.Tensor | np.ndarray, *, dim: int) -> np.ndarray:
     """Check a ``(B, D)`` batch and return it as a float64 numpy array."""
-    if isinstance(features, torch.Tensor):
-        array = features.detach().to("cpu", torch.float64).numpy()
-    elif isinstance(features, np.ndarray):
-        array = features.astype(np.float64, copy=False)
-    else:
-        raise TypeError(f"features must be a torch.Tensor or numpy array, got {type(features).__name__}")
+    array = as_float64(features, "features")
     if array.ndim != 2 or array.shape[1] != dim:
         raise ValueError(f"features must have shape (B, {dim}), got {tuple(array.shape)}")
-    if not np.isfinite(array).all():
-        raise ValueError("features contain NaN or infinite values")
     return array
