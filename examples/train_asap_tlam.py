@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 flush=True,
             )
         losses = trainer.train()
-        if dist.is_main:
-            print(f"done: step {trainer.step}, losses {', '.join(f'{k} {v:.3f}' for k, v in losses.items())}")
-            print(
-                f"samples: {Path(config.train.out) / 'samples'}; checkpoints: {Path(config.train.out) / 'checkpoints'}"
-            )
-        return losses
-    finally:
-        teardown_distributed()
+    except BaseException:
+        teardown_distributed(wait_for_all_ranks=False)  # another rank may never reach a barrier
+        raise
+    teardown_distributed()
+    if dist.is_main:
+        print(f"done: step {trainer.step}, losses {', '.join(f'{k} {v:.3f}' for k, v in losses.items())}")
+        print(f"samples: {Path(config.train.out) / 'samples'}; checkpoints: {Path(config.train.out) / 'checkpoints'}")
+    return losses
 
 
 if __name__ == "__main__":

@@ -61,6 +61,16 @@ def setup_distributed() -> DistInfo:
     return info
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(*, wait_for_all_ranks: bool = True) -> None:
+    """Leave the process group, if one was joined.
+
+    Args:
+        wait_for_all_ranks: First meet every rank at a barrier, so that no rank tears its
+            connections down while another is still using them (with gloo, a rank that exits
+            early can abort a process at exit). Pass False on an error path, where another rank
+            may never arrive.
+    """
     if dist.is_initialized():
+        if wait_for_all_ranks:
+            dist.barrier()
         dist.destroy_process_group()
