@@ -18,6 +18,7 @@ from torch import nn
 from . import reference
 from .backend import check_backend, resolve_backend
 from .labels import LabelSpec, PixelLabel, check_specs, flatten_labels
+from .normalization import LabelNormalization
 from .transformer import TransformerBlock
 
 __all__ = ["TLAM", "CLAM", "NaiveConcat"]
@@ -49,9 +50,10 @@ class _TokenMerger(nn.Module, ABC):
     ``_merge_tokens`` (``(P, N, d)`` tokens and ``(P, N)`` presence to ``(P, d)`` concepts).
     """
 
-    def __init__(self, specs, dim, drop, chunk_pixels, device, dtype) -> None:
+    def __init__(self, specs, dim, drop, chunk_pixels, concept_norm, device, dtype) -> None:
         super().__init__()
         self.specs = check_specs(specs)
+        self.normalize = LabelNormalization(self.specs, device=device)
         _positive_int("dim", dim)
         _positive_int("chunk_pixels", chunk_pixels, allow_none=True)
         if drop not in DROP_MODES:
@@ -66,6 +68,8 @@ class _TokenMerger(nn.Module, ABC):
             self.null_concept = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
         else:
             self.register_parameter("null_concept", None)
+        # Off by default: the paper's concept has no final normalisation.
+        self.concept_norm = nn.LayerNorm(dim, device=device, dtype=dtype) if concept_norm else None
 
     @property
     def drop(self) -> str:
@@ -107,6 +111,7 @@ class _TokenMerger(nn.Module, ABC):
     def _pixel_chunks(self, labels, masks):
         """Validate, then yield ``(given, P_chunk)`` per chunk of pixels; also return (B, H, W)."""
         (B, H, W), flat = flatten_labels(self.specs, labels, masks)
+        flat = [self.normalize(lab) for lab in flat]
         num_pixels = B * H * W
         step = self.chunk_pixels or max(num_pixels, 1)
         chunks = []
@@ -145,6 +150,8 @@ class _TokenMerger(nn.Module, ABC):
             z, present = self._tokens(given, num_pixels, device)
             outs.append(self._merge_tokens(z, present))  # (P_chunk, d)
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (P, d)
+        if self.concept_norm is not None:
+            out = self.concept_norm(out)
         return rearrange(out, "(b h w) d -> b d h w", b=B, h=H, w=W)
 
 
@@ -169,6 +176,9 @@ class TLAM(_TokenMerger):
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`label_merge.backend`).
         checkpoint: Recompute each transformer block in backward (reference path) instead of
             storing its activations.
+        concept_norm: End with a LayerNorm over the concept channels (``concept_norm``), so the
+            concept has unit scale per pixel whatever the labels' ranges. Off by default: the
+            paper has none.
         device: Factory argument for the parameters.
         dtype: Factory argument for the parameters.
 
@@ -195,11 +205,12 @@ class TLAM(_TokenMerger):
         chunk_pixels: int | None = None,
         backend: str = "auto",
         checkpoint: bool = False,
+        concept_norm: bool = False,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(specs, dim, drop, chunk_pixels, device, dtype)
+        super().__init__(specs, dim, drop, chunk_pixels, concept_norm, device, dtype)
         _positive_int("depth", depth)
         _positive_int("heads", heads)
         if not mlp_ratio > 0:
@@ -282,7 +293,8 @@ class TLAM(_TokenMerger):
     def extra_repr(self) -> str:
         return (
             f"labels={self.label_names}, dim={self.dim}, depth={self.depth}, heads={self.heads}, "
-            f"drop={self.drop!r}, backend={self.backend!r}, chunk_pixels={self.chunk_pixels}"
+            f"drop={self.drop!r}, backend={self.backend!r}, chunk_pixels={self.chunk_pixels}, "
+            f"concept_norm={self.concept_norm is not None}"
         )
 
 
@@ -299,6 +311,7 @@ class CLAM(_TokenMerger):
         depth: Number of ``d -> d`` blocks after the projection.
         drop: ``"zero"`` or ``"exclude"``, as for :class:`TLAM`.
         chunk_pixels: Bound on pixels per step (exact).
+        concept_norm: End with a LayerNorm over the concept channels, as for :class:`TLAM`.
         device: Factory argument for the parameters.
         dtype: Factory argument for the parameters.
 
@@ -317,11 +330,12 @@ class CLAM(_TokenMerger):
         depth: int = 3,
         drop: str = "zero",
         chunk_pixels: int | None = None,
+        concept_norm: bool = False,
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(specs, dim, drop, chunk_pixels, device, dtype)
+        super().__init__(specs, dim, drop, chunk_pixels, concept_norm, device, dtype)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ValueError(f"depth must be a non-negative int, got {depth!r}")
         self.depth = depth
@@ -349,7 +363,8 @@ class CLAM(_TokenMerger):
 class NaiveConcat(nn.Module):
     """The paper's naive baseline: all labels concatenated along channels.
 
-    Categorical labels become one-hot channels, continuous ones are copied, missing values are
+    Categorical labels become one-hot channels, continuous ones are copied (after their spec's
+    normalisation, if any), missing values are
     zeroed (a missing categorical pixel has an all-zero one-hot vector), and with
     ``include_masks`` one presence channel per label follows, in spec order. It has no
     parameters.
@@ -375,6 +390,7 @@ class NaiveConcat(nn.Module):
     ) -> None:
         super().__init__()
         self.specs = check_specs(specs)
+        self.normalize = LabelNormalization(self.specs)
         self.include_masks = include_masks
         self.dtype = dtype
 
@@ -394,7 +410,7 @@ class NaiveConcat(nn.Module):
         Args and errors as for :meth:`TLAM.forward`.
         """
         (B, H, W), flat = flatten_labels(self.specs, labels, masks)
-        given = {lab.name: lab for lab in flat}
+        given = {lab.name: self.normalize(lab) for lab in flat}
         dtype = self.dtype
         if dtype is None:
             floats = [lab.values.dtype for lab in flat if not lab.spec.is_categorical]

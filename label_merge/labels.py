@@ -9,14 +9,33 @@ into per-label, per-pixel inputs and raises a clear error when something does no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
+from torch import nn
 
 __all__ = ["LabelSpec", "PixelLabel", "flatten_labels"]
+
+
+def _per_channel(what: str, value: float | Sequence[float] | None, channels: int) -> tuple[float, ...] | None:
+    """A scalar or per-channel sequence as a tuple of ``channels`` finite floats (None stays None)."""
+    if value is None:
+        return None
+    values = (value,) * channels if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"LabelSpec {what} must be a number or {channels} numbers, got {value!r}") from None
+    if len(values) != channels:
+        raise ValueError(f"LabelSpec {what} must have one value per channel ({channels}), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"LabelSpec {what} must be finite, got {value!r}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -30,11 +49,17 @@ class LabelSpec:
         channels: Input features per pixel: the number of classes for a categorical label
             (the width of its one-hot vector), the channel count for a continuous one.
         ignore_index: For a categorical label, the class id that marks a missing pixel, or None.
+        shift: For a continuous label, per-channel values subtracted before the projection, or
+            None (no shift).
+        scale: For a continuous label, per-channel values the shifted label is divided by, or
+            None (no scaling). A merger sees ``(x - shift) / scale``.
     """
 
     kind: Literal["categorical", "continuous"]
     channels: int
     ignore_index: int | None = None
+    shift: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("categorical", "continuous"):
@@ -46,6 +71,13 @@ class LabelSpec:
                 raise ValueError("ignore_index only applies to categorical labels")
             if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
                 raise ValueError(f"ignore_index must be an int or None, got {self.ignore_index!r}")
+        if self.kind == "categorical" and (self.shift is not None or self.scale is not None):
+            raise ValueError("shift and scale only apply to continuous labels")
+        # Normalise scalars to per-channel tuples (the dataclass is frozen, hence __setattr__).
+        object.__setattr__(self, "shift", _per_channel("shift", self.shift, self.channels))
+        object.__setattr__(self, "scale", _per_channel("scale", self.scale, self.channels))
+        if self.scale is not None and any(v == 0 for v in self.scale):
+            raise ValueError(f"LabelSpec scale must be non-zero, got {self.scale}")
 
     @classmethod
     def categorical(cls, num_classes: int, ignore_index: int | None = None) -> LabelSpec:
@@ -63,14 +95,36 @@ class LabelSpec:
         return cls("categorical", num_classes, ignore_index)
 
     @classmethod
-    def continuous(cls, channels: int) -> LabelSpec:
+    def continuous(
+        cls,
+        channels: int,
+        *,
+        shift: float | Sequence[float] | None = None,
+        scale: float | Sequence[float] | None = None,
+    ) -> LabelSpec:
         """A float map ``(B, channels, H, W)``; a one-channel map may also be ``(B, H, W)``.
+
+        Labels come in their own units (depth in metres, curvature in 1/m, normals in
+        [-1, 1]); without normalisation the label with the widest range dominates the concept.
+        ``shift`` and ``scale`` (a number, or one per channel) make the merger see
+        ``(x - shift) / scale``, e.g. a dataset's mean and standard deviation. They are stored
+        in the merger's ``state_dict``.
+
+        Args:
+            channels: Channels per pixel.
+            shift: Subtracted first; None for 0.
+            scale: Divides the shifted value; None for 1. Must be non-zero.
+
+        Raises:
+            ValueError: A shift or scale of the wrong length, non-finite, or a zero scale.
 
         Examples:
             >>> LabelSpec.continuous(3).kind
             'continuous'
+            >>> LabelSpec.continuous(1, shift=3.0, scale=2.0).scale
+            (2.0,)
         """
-        return cls("continuous", channels)
+        return cls("continuous", channels, shift=shift, scale=scale)
 
     @property
     def is_categorical(self) -> bool:
@@ -83,6 +137,32 @@ class LabelSpec:
             raise AttributeError("num_classes is only defined for categorical labels")
         return self.channels
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; :meth:`from_dict` inverts it.
+
+        Examples:
+            >>> spec = LabelSpec.continuous(2, scale=(1.0, 4.0))
+            >>> LabelSpec.from_dict(spec.to_dict()) == spec
+            True
+        """
+        d: dict[str, Any] = {"kind": self.kind, "channels": self.channels, "ignore_index": self.ignore_index}
+        if self.shift is not None:
+            d["shift"] = list(self.shift)
+        if self.scale is not None:
+            d["scale"] = list(self.scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelSpec:
+        """Inverse of :meth:`to_dict` (dicts without ``shift``/``scale`` give an identity normalisation)."""
+        return cls(d["kind"], d["channels"], d.get("ignore_index"), shift=d.get("shift"), scale=d.get("scale"))
+
+
+def _reserved_names() -> frozenset[str]:
+    # Label names become ModuleDict keys and buffer-name suffixes; nn.ModuleDict refuses a key
+    # that is one of its attributes ("type", "keys", "float", "training", ...).
+    return frozenset(dir(nn.ModuleDict())) | frozenset(vars(nn.ModuleDict()))
+
 
 def check_specs(specs: Mapping[str, LabelSpec]) -> dict[str, LabelSpec]:
     """Return ``specs`` as a plain ordered dict after checking names and types."""
@@ -92,6 +172,11 @@ def check_specs(specs: Mapping[str, LabelSpec]) -> dict[str, LabelSpec]:
         if not isinstance(name, str) or not name.isidentifier():
             # Names become ModuleDict keys, so they must be valid attribute-like strings.
             raise ValueError(f"label name {name!r} must be a non-empty identifier string")
+        if name in _reserved_names():
+            raise ValueError(
+                f"label name {name!r} is an attribute of torch.nn.Module/ModuleDict and cannot name a label's "
+                f"parameters; rename it (e.g. {name + '_label'!r})"
+            )
         if not isinstance(spec, LabelSpec):
             raise TypeError(f"specs[{name!r}] must be a LabelSpec, got {type(spec).__name__}")
     return dict(specs)

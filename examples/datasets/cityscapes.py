@@ -282,7 +282,8 @@ class CityscapesDataset(RealDataset):
         )
         return {
             "semantic": semantic,
-            "depth": LabelSpec.continuous(1),
+            # Street depth from disparity: a rough range; measure yours with label_statistics.
+            "depth": LabelSpec.continuous(1, shift=15.0, scale=15.0),
             "normal": LabelSpec.continuous(3),
             "edge": LabelSpec.continuous(1),
         }

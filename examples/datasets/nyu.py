@@ -247,7 +247,8 @@ class NYUDepthV2Dataset(RealDataset):
     def all_label_specs(self) -> dict[str, LabelSpec]:
         return {
             "semantic": LabelSpec.categorical(self.classes + 1, ignore_index=0),
-            "depth": LabelSpec.continuous(1),
+            # Indoor Kinect depth (0.5-10 m; mean about 2.7 m).
+            "depth": LabelSpec.continuous(1, shift=2.7, scale=1.2),
             "normal": LabelSpec.continuous(3),
             "edge": LabelSpec.continuous(1),
         }

@@ -96,6 +96,13 @@ def _depth_holes(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return holes
 
 
+# Label normalisation (LabelSpec shift and scale): the mean and standard deviation of the
+# present pixels of 300 default scenes (examples.datasets.statistics.label_statistics).
+# Normals (unit vectors) and edges (in [0, 1]) are already of unit range and stay as they are.
+DEPTH_SHIFT, DEPTH_SCALE = 3.4, 1.4  # metres
+CURVATURE_SHIFT, CURVATURE_SCALE = (0.3, 0.1), (1.1, 0.56)  # 1/m, (k1, k2)
+
+
 class SyntheticDataset(Dataset):
     """Procedurally rendered indoor scenes with exact semantic and geometric labels.
 
@@ -183,10 +190,10 @@ class SyntheticDataset(Dataset):
         """``{name: LabelSpec}`` of the chosen labels, in the order semantic, depth, normal, edge, curvature."""
         all_specs = {
             "semantic": LabelSpec.categorical(len(CLASS_NAMES)),
-            "depth": LabelSpec.continuous(1),
+            "depth": LabelSpec.continuous(1, shift=DEPTH_SHIFT, scale=DEPTH_SCALE),
             "normal": LabelSpec.continuous(3),
             "edge": LabelSpec.continuous(1),
-            "curvature": LabelSpec.continuous(2),
+            "curvature": LabelSpec.continuous(2, shift=CURVATURE_SHIFT, scale=CURVATURE_SCALE),
         }
         return {name: spec for name, spec in all_specs.items() if name in self.labels}
 

@@ -89,12 +89,12 @@ def label_specs_of(dataset: Dataset) -> dict[str, LabelSpec]:
 
 def specs_to_dict(specs: Mapping[str, LabelSpec]) -> dict[str, dict]:
     """Label specs as JSON-able dicts (stored in checkpoints, so generation needs no dataset)."""
-    return {name: {"kind": s.kind, "channels": s.channels, "ignore_index": s.ignore_index} for name, s in specs.items()}
+    return {name: spec.to_dict() for name, spec in specs.items()}
 
 
 def specs_from_dict(d: Mapping[str, Mapping]) -> dict[str, LabelSpec]:
     """Inverse of :func:`specs_to_dict`."""
-    return {name: LabelSpec(v["kind"], v["channels"], v["ignore_index"]) for name, v in d.items()}
+    return {name: LabelSpec.from_dict(v) for name, v in d.items()}
 
 
 def build_merger(model: ModelConfig, specs: Mapping[str, LabelSpec]) -> nn.Module:
