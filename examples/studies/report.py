@@ -23,6 +23,10 @@ __all__ = [
     "row_summary",
     "compare_measurements",
     "comparison_lines",
+    "interval_cell",
+    "scene_metric_names",
+    "SET_METRICS",
+    "CLAIM_SET_METRICS",
     "quality_rows",
     "quality_claims",
     "quality_markdown",
@@ -277,7 +281,7 @@ def _number(value: float | None, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value * scale:.3g}"
 
 
-def _cell(summary: dict | None, scale: float = 1.0) -> str:
+def interval_cell(summary: dict | None, scale: float = 1.0) -> str:
     """``mean [low, high]``."""
     if summary is None or summary["mean"] is None:
         return "n/a"
@@ -348,13 +352,13 @@ def quality_markdown(report: Mapping) -> str:
     for row in report["rows"]:
         s = row["summary"]
         cells = [
-            _cell(s.get("fid")),
-            _cell(s.get("kid_mean"), 1000),
-            _cell(s.get("feature_distance")),
-            _cell(s.get("miou"), 100),
-            _cell(s.get("psnr")),
-            _cell(s.get("l1"), 100),
-            _cell(s.get("ssim")),
+            interval_cell(s.get("fid")),
+            interval_cell(s.get("kid_mean"), 1000),
+            interval_cell(s.get("feature_distance")),
+            interval_cell(s.get("miou"), 100),
+            interval_cell(s.get("psnr")),
+            interval_cell(s.get("l1"), 100),
+            interval_cell(s.get("ssim")),
             f"{row['paper_fid']}" if row["paper_fid"] is not None else "",
         ]
         lines.append("| " + " | ".join([row["backbone"], row["method"], *row["labels"], *cells]) + " |")
