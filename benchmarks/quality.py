@@ -2,19 +2,23 @@
 
 Trains every row — SPADE and ASAP-Net with semantics only ("Regular") and with naive
 concatenation of all labels, CLAM and TLAM with ASAP-Net, dense and 50% sparse — with the same
-budget and several seeds, measures FID (and KID, PSNR, SSIM, the segmentation score) at regular
-checkpoints, and writes under ``--results-dir``:
+budget and several seeds, measures FID, KID, the segmentation score and paired per-scene metrics
+(feature distance, L1, PSNR, SSIM, segmentation accuracy) at regular checkpoints, averages each
+run over its last checkpoints, and writes under ``--results-dir``:
 
-- ``quality_<budget>.md``: the table with mean ± std over seeds and the paper's claims checked;
-- ``quality_<budget>.json``: raw per-seed numbers and curves, settings, hardware, versions, wall time;
+- ``quality_<budget>.md``: the table with means and bootstrap 95% intervals, the real-vs-real
+  FID floor, and the paper's claims with differences, intervals, p-values and verdicts;
+- ``quality_<budget>.json``: per-seed numbers (averaged per-scene values included), curves,
+  settings, hardware, versions, wall time;
 - ``quality_<budget>_convergence.png``: FID over training (paper Fig. 6a).
 
 Usage (from the repository root)::
 
-    python benchmarks/quality.py                      # --budget cpu-hour: about an hour on 2 CPU cores
+    python benchmarks/quality.py                      # --budget cpu-2h: all rows, 5 seeds, 1,000 steps
     python benchmarks/quality.py --budget smoke       # the whole pipeline in seconds
+    python benchmarks/quality.py --budget cpu-2h --rows asap-semantic asap-naive asap-clam-dense asap-tlam-dense
+    python benchmarks/quality.py --budget 1500 --seeds 0 1 2 3 4 5 6   # cpu-2h settings, 1,500 steps
     python benchmarks/quality.py --budget paper --device cuda --fid-weights pt_inception-2015-12-05-6726825d.pth
-    python benchmarks/quality.py --budget 3000 --rows asap-tlam-dense asap-clam-dense --seeds 0 1 2
 
 Runs are resumable: start the same command again and it skips every measurement it has and
 continues training from the newest checkpoint (runs live in ``--work-dir``).
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--budget", default="cpu-hour", help=f"one of {sorted(BUDGETS)}, or a number of training steps")
+    p.add_argument("--budget", default="cpu-2h", help=f"one of {sorted(BUDGETS)}, or a number of training steps")
     p.add_argument("--rows", nargs="+", choices=list(VARIANTS), help="rows to run (default: all of Table 1)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the budget's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -101,15 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
     for variant, seed in tqdm(jobs, desc=f"quality ({budget.name})", unit="run", disable=args.no_progress):
         runs.setdefault(variant.name, {})[seed] = study.run(variant, seed)
 
-    rows = quality_rows(variants, runs, final_step=budget.steps)
-    finals = [run["final"] for row in rows for run in row["runs"]]
+    rows = quality_rows(variants, runs, budget.averaged_steps())
+    first = rows[0]["runs"][0]["averaged"]["set"]
     report = {
         "benchmark": "quality: paper Table 1 and Fig. 6a on SyntheticDataset",
         "budget": budget.to_dict(),
         "protocol": study.protocol(),
-        "reference": {
-            key: finals[0].get(key) for key in ("segmenter_on_real_miou", "segmenter_on_real_pixel_accuracy")
-        },
+        "averaged_steps": budget.averaged_steps(),
+        "floor": study.floor(),
+        "reference": {key: first.get(key) for key in ("segmenter_on_real_miou", "segmenter_on_real_pixel_accuracy")},
         "perceptual_loss": _perceptual(rows, budget.lambda_vgg),
         "rows": rows,
         "claims": quality_claims(rows),

@@ -2,18 +2,21 @@
 
 A TLAM + ASAP-Net model trained with 50% region sparsity is measured on the held-out synthetic
 scenes at evaluation sparsities 0% to 70% and, at 50% sparsity, with each label removed entirely
-(and with none removed, the reference). The model comes from ``--checkpoint`` files or from the
-quality study's ``asap-tlam-sparse`` runs of the same budget, which are trained here if they do not
-exist yet (one per seed). Writes under ``--results-dir``:
+(and with none removed, the reference). The models are the quality study's ``asap-tlam-sparse``
+runs of the same budget (trained here if they do not exist yet, one per seed), each measured at
+the checkpoints the quality study averages over, or ``--checkpoint`` files. Every degraded
+condition is compared with its reference (dense labels; no label removed) on the same models and
+scenes: difference, bootstrap 95% interval, paired test, verdict. Writes under ``--results-dir``:
 
-- ``sensitivity_<budget>.json``: per-model numbers, summaries over models, settings, hardware, versions;
+- ``sensitivity_<budget>.md``: per-condition means with intervals, and the comparisons;
+- ``sensitivity_<budget>.json``: per-model numbers, summaries, comparisons, settings, hardware, versions;
 - ``sensitivity_<budget>_sparsity.png`` (Fig. 6b) and ``sensitivity_<budget>_removal.png`` (Fig. 6c).
 
 Usage (from the repository root)::
 
-    python benchmarks/sensitivity.py                        # --budget cpu-hour, reusing or training the runs
+    python benchmarks/sensitivity.py                        # --budget cpu-2h, reusing or training the runs
     python benchmarks/sensitivity.py --budget smoke
-    python benchmarks/sensitivity.py --checkpoint runs/asap_tlam/checkpoints/step_00001500.safetensors --budget cpu-hour
+    python benchmarks/sensitivity.py --checkpoint runs/asap_tlam/checkpoints/step_00001500.safetensors --budget cpu-2h
 
 Measurements are cached per model; running the command again only computes what is missing.
 """
@@ -45,9 +48,19 @@ from examples.studies.environment import (  # noqa: E402
     write_json,
 )
 from examples.studies.plots import plot_removal, plot_sparsity  # noqa: E402
-from examples.studies.report import summarize  # noqa: E402
+from examples.studies.report import (  # noqa: E402
+    CLAIM_SET_METRICS,
+    SET_METRICS,
+    averaged,
+    compare_measurements,
+    comparison_lines,
+    interval_cell,
+    row_summary,
+    scene_metric_names,
+)
 from examples.studies.runs import VARIANTS  # noqa: E402
 from examples.studies.scoring import fid_weights_from  # noqa: E402
+from examples.studies.statistics import UNDECIDED  # noqa: E402
 from examples.studies.study import EVAL_SPARSITY_SEED, Study, resolve_folder  # noqa: E402
 from examples.training.builders import image_size, restore_generator  # noqa: E402
 from examples.training.checkpoint import load_checkpoint_config  # noqa: E402
@@ -56,14 +69,13 @@ from examples.training.config import RunConfig  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 VARIANT = VARIANTS["asap-tlam-sparse"]
-METRICS = ("fid", "kid_mean", "miou", "pixel_accuracy", "psnr", "ssim")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--budget", default="cpu-hour", help=f"one of {sorted(BUDGETS)}, or a number of training steps")
+    p.add_argument("--budget", default="cpu-2h", help=f"one of {sorted(BUDGETS)}, or a number of training steps")
     p.add_argument(
         "--checkpoint", nargs="+", help="checkpoints to measure (default: the budget's asap-tlam-sparse runs)"
     )
@@ -102,8 +114,12 @@ def conditions(labels: list[str], sparsities, removal_sparsity: float) -> dict[s
     return out
 
 
-def models(study: Study, args) -> list[tuple[str, Path, Path]]:
-    """``(name, checkpoint, cache file)`` of every model to measure; trains missing runs."""
+def models(study: Study, args) -> list[tuple[str, list[Path], Path]]:
+    """``(name, checkpoints, cache file)`` of every model to measure; trains missing runs.
+
+    A run of the study is measured at the checkpoints its results average over
+    (``budget.averaged_steps()``); a ``--checkpoint`` file is measured alone.
+    """
     if args.checkpoint:
         found = []
         for value in args.checkpoint:
@@ -112,7 +128,7 @@ def models(study: Study, args) -> list[tuple[str, Path, Path]]:
                 raise FileNotFoundError(f"checkpoint not found: {path}")
             key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
             cache = study.work_dir / study.budget.name / "sensitivity-external" / f"{path.stem}-{key}.json"
-            found.append((str(path), path, cache))
+            found.append((str(path), [path], cache))
         return found
     found = []
     for seed in study.budget.seeds:
@@ -120,47 +136,61 @@ def models(study: Study, args) -> list[tuple[str, Path, Path]]:
         found.append(
             (
                 f"{VARIANT.name}/seed{seed}",
-                study.final_checkpoint(VARIANT, seed),
+                study.averaged_checkpoints(VARIANT, seed),
                 study.run_dir(VARIANT, seed) / "study_sensitivity.json",
             )
         )
     return found
 
 
-def measure_model(study: Study, name: str, checkpoint: Path, cache: Path, args) -> dict:
-    """All conditions for one model, reusing cached measurements of the same checkpoint and protocol."""
-    config = load_checkpoint_config(checkpoint)
+def measure_model(study: Study, name: str, checkpoints: list[Path], cache: Path, args) -> dict:
+    """All conditions for one model at each of its checkpoints, averaged over the checkpoints.
+
+    Measurements are cached per checkpoint, condition and protocol.
+    """
     size = (study.budget.resolution, study.budget.resolution)
-    run = RunConfig.from_dict(config)
-    if run.data.dataset != "synthetic" or image_size(run.data) != size:
-        raise ValueError(
-            f"{checkpoint} generates {run.data.dataset} images of {image_size(run.data)}, but budget "
-            f"{study.budget.name!r} measures on synthetic scenes of {size}; pass a matching --budget"
-        )
-    generator, _, specs = restore_generator(checkpoint, device=study.device)
-    identity = {
-        "checkpoint": str(checkpoint.resolve()),
-        "size": checkpoint.stat().st_size,
-        "protocol": study.protocol(),
-    }
-    records = read_json(cache)
-    if not records or records.get("identity") != identity:
-        records = {"identity": identity, "results": {}}
-    for key, condition in conditions(list(specs), args.sparsities, args.removal_sparsity).items():
-        if key not in records["results"]:
-            records["results"][key] = study.measure(generator, condition, desc=f"{name}: {condition.describe()}")
-            write_json(cache, records)
+    records = read_json(cache) or {}
+    if records.get("protocol") != study.protocol():
+        records = {"protocol": study.protocol(), "checkpoints": {}}
+    conditions_ = None
+    for checkpoint in checkpoints:
+        run = RunConfig.from_dict(load_checkpoint_config(checkpoint))
+        if run.data.dataset != "synthetic" or image_size(run.data) != size:
+            raise ValueError(
+                f"{checkpoint} generates {run.data.dataset} images of {image_size(run.data)}, but budget "
+                f"{study.budget.name!r} measures on synthetic scenes of {size}; pass a matching --budget"
+            )
+        generator, _, specs = restore_generator(checkpoint, device=study.device)
+        identity = {"size": checkpoint.stat().st_size, "mtime_ns": checkpoint.stat().st_mtime_ns}
+        entry = records["checkpoints"].get(str(checkpoint.resolve()))
+        if not entry or entry.get("identity") != identity:
+            entry = records["checkpoints"][str(checkpoint.resolve())] = {"identity": identity, "results": {}}
+        conditions_ = conditions(list(specs), args.sparsities, args.removal_sparsity)
+        for key, condition in conditions_.items():
+            if key not in entry["results"]:
+                entry["results"][key] = study.measure(generator, condition, desc=f"{name}: {condition.describe()}")
+                write_json(cache, records)
+    per_checkpoint = [records["checkpoints"][str(c.resolve())]["results"] for c in checkpoints]
     return {
         "name": name,
-        "checkpoint": str(checkpoint),
-        "step": int(checkpoint.stem.split("_")[1]),
+        "checkpoints": [str(c) for c in checkpoints],
+        "steps": [int(c.stem.split("_")[1]) for c in checkpoints],
         "labels": list(specs),
-        "results": records["results"],
+        "averaged": {key: averaged([results[key] for results in per_checkpoint]) for key in conditions_},
     }
 
 
-def _summaries(per_model: list[dict], key: str) -> dict:
-    return {m: summarize([model["results"][key].get(m) for model in per_model]) for m in METRICS}
+def _summary(per_model: list[dict], key: str) -> dict:
+    measurements = [model["averaged"][key] for model in per_model]
+    return row_summary(measurements, [*SET_METRICS, *scene_metric_names(measurements)])
+
+
+def _comparison(per_model: list[dict], text: str, reference: str, key: str) -> dict:
+    """``reference`` (all labels, or dense) against condition ``key``, on the same models."""
+    a = [model["averaged"][reference] for model in per_model]
+    b = [model["averaged"][key] for model in per_model]
+    metrics = [*CLAIM_SET_METRICS, *scene_metric_names(a + b)]
+    return {"claim": text, "a": reference, "b": key, "checks": compare_measurements(a, b, metrics, paired_seeds=True)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -189,21 +219,35 @@ def main(argv: list[str] | None = None) -> dict:
     if any(model["labels"] != labels for model in per_model):
         raise SystemExit("sensitivity.py: the models condition on different labels; measure them separately")
     removal = f"sparsity={args.removal_sparsity:g}"
-    sparsity_points = [
-        {"sparsity": s, **_summaries(per_model, f"sparsity={s:g}")} for s in sorted(set(args.sparsities))
+    sparsities = sorted(set(args.sparsities))
+    sparsity_points = [{"sparsity": s, "summary": _summary(per_model, f"sparsity={s:g}")} for s in sparsities]
+    removal_bars = [{"removed": None, "summary": _summary(per_model, removal)}] + [
+        {"removed": name, "summary": _summary(per_model, f"{removal},without={name}")} for name in labels
     ]
-    removal_bars = [{"removed": None, **_summaries(per_model, removal)}] + [
-        {"removed": name, **_summaries(per_model, f"{removal},without={name}")} for name in labels
+    dense = "sparsity=0"
+    sparsity_claims = [
+        _comparison(per_model, f"dense labels beat {100 * s:g}% sparsity", dense, f"sparsity={s:g}")
+        for s in sparsities
+        if s > 0 and 0.0 in sparsities
+    ]
+    removal_claims = [
+        _comparison(per_model, f"removing {name} hurts (at {100 * args.removal_sparsity:g}%)", removal, key)
+        for name in labels
+        for key in [f"{removal},without={name}"]
     ]
     report = {
         "benchmark": "sensitivity: paper Fig. 6b (sparsity) and Fig. 6c (removed labels) on SyntheticDataset",
         "budget": budget.to_dict(),
         "protocol": study.protocol(),
+        "averaged_steps": per_model[0]["steps"],
         "removal_sparsity": args.removal_sparsity,
         "models": per_model,
         "sparsity": sparsity_points,
         "removal": removal_bars,
-        "findings": findings(sparsity_points, removal_bars),
+        "sparsity_claims": sparsity_claims,
+        "removal_claims": removal_claims,
+        "own_label_metrics": own_label_metrics(removal_claims, labels),
+        "findings": findings(sparsity_points, removal_bars, removal_claims),
         "machine": machine_info(study.device),
         "date": utc_now(),
         "wall_seconds": time.perf_counter() - started,
@@ -211,24 +255,24 @@ def main(argv: list[str] | None = None) -> dict:
     results = Path(args.results_dir)
     stem = f"sensitivity_{budget.name}"
     write_json(results / f"{stem}.json", report)
+    (results / f"{stem}.md").write_text(sensitivity_markdown(report))
     fid_label = "FID" + ("" if study.scorer.feature_extractor.standard else " (small-segmenter features)")
-    trained = training_sparsity(per_model[0]["checkpoint"])
+    trained = training_sparsity(per_model[0]["checkpoints"][0])
     plot_sparsity(
-        sparsity_points,
+        [{"sparsity": p["sparsity"], "fid": p["summary"]["fid"]} for p in sparsity_points],
         results / f"{stem}_sparsity.png",
         title=f"Label sparsity ({budget.name})",
         fid_label=fid_label,
         trained_at=trained,
     )
     plot_removal(
-        removal_bars,
+        [{"removed": b["removed"], "fid": b["summary"]["fid"]} for b in removal_bars],
         results / f"{stem}_removal.png",
         title=f"Removing one label at {100 * args.removal_sparsity:g}% sparsity ({budget.name})",
         fid_label=fid_label,
     )
-    for line in describe(report):
-        print(line)
-    print(f"wrote {results / stem}.json, _sparsity.png and _removal.png")
+    print((results / f"{stem}.md").read_text())
+    print(f"wrote {results / stem}.json, .md, _sparsity.png and _removal.png")
     return report
 
 
@@ -237,42 +281,94 @@ def training_sparsity(checkpoint: str) -> float:
     return float(load_checkpoint_config(checkpoint)["train"]["sparsity"])
 
 
-def findings(sparsity_points: list[dict], removal_bars: list[dict]) -> dict:
+def own_label_metrics(removal_claims: list[dict], labels: list[str]) -> dict[str, list[dict]]:
+    """For each removed label, the checks of the per-scene metrics about that label itself.
+
+    Per-label metrics (e.g. the controllability scorer's, plugged in with
+    :func:`examples.studies.study.extra_scene_scorers`) are named ``<label>.<...>``; this picks
+    removing depth against "depth.*", so "removing depth hurts depth consistency most" can be
+    read off. Empty while no such scorer is plugged in.
+    """
+    found = {}
+    for name, claim in zip(labels, removal_claims, strict=True):
+        checks = [check for check in claim["checks"] if check["metric"].startswith(f"{name}.")]
+        if checks:
+            found[name] = checks
+    return found
+
+
+def findings(sparsity_points: list[dict], removal_bars: list[dict], removal_claims: list[dict]) -> dict:
     """What the numbers say about the paper's claims (no thresholds beyond the paper's own)."""
-    xs = [p["sparsity"] for p in sparsity_points if p["fid"]["mean"] is not None]
-    ys = [p["fid"]["mean"] for p in sparsity_points if p["fid"]["mean"] is not None]
+    points = [(p["sparsity"], p["summary"]["fid"]["mean"]) for p in sparsity_points if "fid" in p["summary"]]
+    xs, ys = [x for x, _ in points], [y for _, y in points]
     steady = all(b > a for a, b in pairwise(ys)) if len(ys) > 1 else None
     rho = float(spearmanr(xs, ys).statistic) if len(ys) > 2 else None
-    reference = removal_bars[0]["fid"]["mean"]
+    reference = removal_bars[0]["summary"]["fid"]["mean"]
     ratios = {
-        bar["removed"]: (bar["fid"]["mean"] / reference if reference and bar["fid"]["mean"] is not None else None)
-        for bar in removal_bars[1:]
+        bar["removed"]: bar["summary"]["fid"]["mean"] / reference if reference else None for bar in removal_bars[1:]
+    }
+    verdicts = {
+        claim["b"].split("without=")[1]: {check["metric"]: check["verdict"] for check in claim["checks"]}
+        for claim in removal_claims
     }
     return {
-        "fid_rises_at_every_sparsity_step": steady,
-        "spearman_sparsity_vs_fid": rho,
+        "mean_fid_rises_at_every_sparsity_step": steady,
+        "spearman_sparsity_vs_mean_fid": rho,
         "fid_ratio_removed_over_all_present": ratios,
-        "every_removal_hurts": all(r is not None and r > 1 for r in ratios.values()) if ratios else None,
+        "removal_verdicts": verdicts,
         "paper": "FID degrades steadily from 10% to 70%; removing any label worsens FID by a factor of at least 1.3",
     }
 
 
-def describe(report: dict) -> list[str]:
-    lines = [f"FID against evaluation sparsity ({report['protocol']['feature_extractor']}):"]
-    for p in report["sparsity"]:
-        lines.append(
-            f"  {100 * p['sparsity']:4.0f}%  {p['fid']['mean']:.4g}"
-            + (f" ± {p['fid']['std']:.2g}" if p["fid"]["std"] else "")
+def sensitivity_markdown(report: dict) -> str:
+    """The sensitivity report as markdown: per-condition means with intervals, and the comparisons."""
+    protocol = report["protocol"]
+    lines = [
+        f"# Label sensitivity (paper Fig. 6b, 6c) — budget `{report['budget']['name']}`",
+        "",
+        f"{len(report['models'])} TLAM + ASAP-Net model(s) trained at 50% sparsity, each measured at steps "
+        f"{', '.join(map(str, report['averaged_steps']))} and averaged over them, on {protocol['eval_samples']} "
+        f"held-out scenes. FID features: {protocol['feature_extractor']}.",
+        "",
+        "| condition | FID ↓ | feature distance ↓ | mIoU % ↑ | PSNR ↑ | L1 ×100 ↓ |",
+        "|---|---|---|---|---|---|",
+    ]
+    entries = [(f"sparsity {100 * p['sparsity']:g}%", p["summary"]) for p in report["sparsity"]]
+    entries += [
+        (f"{100 * report['removal_sparsity']:g}%, without {b['removed'] or 'none'}", b["summary"])
+        for b in report["removal"]
+    ]
+    for text, s in entries:
+        cells = [
+            interval_cell(s.get("fid")),
+            interval_cell(s.get("feature_distance")),
+            interval_cell(s.get("miou"), 100),
+        ]
+        cells += [interval_cell(s.get("psnr")), interval_cell(s.get("l1"), 100)]
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mean [bootstrap 95% interval] over models (and scenes, for per-scene metrics).",
+        "",
+        "## Comparisons",
+        "",
+        "A is the reference (dense, or no label removed), B the degraded condition, on the same models and "
+        f'scenes (seeds and scenes resampled jointly). "holds": the degradation hurts; "{UNDECIDED}": the '
+        "interval includes zero.",
+        "",
+        *comparison_lines(report["sparsity_claims"] + report["removal_claims"], a_label="reference", b_label="B"),
+        "",
+    ]
+    if report["own_label_metrics"]:
+        lines += ["## Removing a label, on that label's own metrics", ""]
+        lines += comparison_lines(
+            [
+                {"claim": f"removing {name} hurts", "checks": checks}
+                for name, checks in report["own_label_metrics"].items()
+            ]
         )
-    lines.append(f"Removing one label at {100 * report['removal_sparsity']:g}% sparsity:")
-    for bar in report["removal"]:
-        lines.append(f"  {bar['removed'] or 'none':10s}  {bar['fid']['mean']:.4g}")
-    f = report["findings"]
-    lines.append(
-        f"FID rises at every sparsity step: {f['fid_rises_at_every_sparsity_step']}; "
-        f"Spearman rho {f['spearman_sparsity_vs_fid']}; every removal hurts: {f['every_removal_hurts']}"
-    )
-    return lines
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

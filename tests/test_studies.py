@@ -21,17 +21,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from examples.label_files import load_label_file
+from examples.metrics import FeatureExtractor
 from examples.studies import segmenters
 from examples.studies.budgets import BUDGETS, resolve_budget
 from examples.studies.conditions import LabelCondition, apply_condition
 from examples.studies.editing import object_regions, paste_labels, remove_labels, shift
-from examples.studies.report import quality_claims, summarize
+from examples.studies.report import averaged, quality_claims, quality_rows
 from examples.studies.runs import TABLE1, VARIANTS, run_config, train_and_measure
+from examples.studies.scoring import BUILTIN_SCENE_METRICS, Scorer, evaluate_generator
+from examples.studies.statistics import UNDECIDED, bootstrap_mean, compare, verdict
 from examples.training.builders import restore_generator
 from examples.training.config import DataConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-METRICS = ("fid", "kid_mean", "psnr", "ssim", "miou", "pixel_accuracy")
+METRICS = ("fid", "kid_mean", "psnr", "ssim", "miou", "pixel_accuracy", "l1", "feature_distance")
+EVAL_SAMPLES = BUDGETS["smoke"].eval_samples
 
 
 def script(*args):
@@ -74,18 +78,36 @@ def test_quality_writes_table_json_and_plot(quality):
     results = quality["results"]
     report = json.loads((results / "quality_smoke.json").read_text())
     assert [row["name"] for row in report["rows"]] == [v.name for v in TABLE1]
+    assert report["averaged_steps"] == [1, 2]  # the mean of the last checkpoints, never one
     for row in report["rows"]:
         (run,) = row["runs"]  # one seed at the smoke budget
-        assert all(finite(run["final"][m]) for m in METRICS), row["name"]
+        assert all(finite(run["averaged"]["set"][m]) for m in METRICS), row["name"]
+        scenes = run["averaged"]["per_scene"]
+        assert set(BUILTIN_SCENE_METRICS) <= set(scenes)
+        assert all(len(values) == EVAL_SAMPLES for values in scenes.values())
         assert [point["step"] for point in row["curve"]] == [1, 2]  # FID measured over training
-        assert run["final"]["sparsity"] == row["sparsity"]
+        first, second = (run["evaluations"][step] for step in ("1", "2"))
+        assert run["averaged"]["set"]["fid"] == pytest.approx((first["fid"] + second["fid"]) / 2)
+        assert first["sparsity"] == row["sparsity"]
+        assert first["kid_subset_size"] == EVAL_SAMPLES // 2  # KID subsets smaller than the set
+        assert row["summary"]["psnr"]["low"] <= row["summary"]["psnr"]["mean"] <= row["summary"]["psnr"]["high"]
+    assert finite(report["floor"]["fid"]) and report["floor"]["num_samples"] == EVAL_SAMPLES
+    assert "seed=1000004" in report["floor"]["other_set"]  # other scenes than the evaluation set's
     assert report["protocol"]["comparable_to_published"] is False
     assert "NOT comparable" in report["protocol"]["feature_extractor"]
     assert {"cpu", "torch", "python", "label_merge"} <= set(report["machine"])
     assert report["wall_seconds"] > 0 and report["train_seconds"] > 0
+    config = json.loads(
+        (quality["work"] / "smoke" / "asap-tlam-dense" / "seed0" / "study_evaluations.json").read_text()
+    )
+    assert config["config"]["optim"]["lambda_l1"] == BUDGETS["smoke"].lambda_l1 > 0  # the reconstruction term
+    claims = {claim["claim"]: claim for claim in report["claims"]}
+    checks = {c["metric"]: c for c in claims["TLAM beats CLAM (dense, ASAP)"]["checks"]}
+    assert {"fid", "feature_distance", "psnr", "segmentation_accuracy"} <= set(checks)
+    assert all(c["verdict"] == UNDECIDED for c in checks.values())  # one seed decides nothing
     table = (results / "quality_smoke.md").read_text()
     assert table.count("| ASAP |") == 6 and table.count("| SPADE |") == 2
-    assert "## Claims" in table
+    assert "real vs real (floor)" in table and "## Claims" in table and "TLAM beats CLAM (dense, ASAP)" in table
     with Image.open(results / "quality_smoke_convergence.png") as image:
         assert image.size[0] > 200
 
@@ -112,7 +134,7 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
         "smoke",
         "--no-progress",
         "--sparsities",
-        "0.1",
+        "0",
         "0.4",
         "0.7",
         "--work-dir",
@@ -123,13 +145,23 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
         tmp_path / "results",
     )
     report = json.loads((tmp_path / "results" / "sensitivity_smoke.json").read_text())
-    assert [p["sparsity"] for p in report["sparsity"]] == [0.1, 0.4, 0.7]
-    assert [b["removed"] for b in report["removal"]] == [None, "semantic", "depth", "normal", "edge", "curvature"]
+    assert [p["sparsity"] for p in report["sparsity"]] == [0.0, 0.4, 0.7]
+    labels = ["semantic", "depth", "normal", "edge", "curvature"]
+    assert [b["removed"] for b in report["removal"]] == [None, *labels]
     for entry in report["sparsity"] + report["removal"]:
-        assert finite(entry["fid"]["mean"])
+        assert finite(entry["summary"]["fid"]["mean"]) and finite(entry["summary"]["feature_distance"]["mean"])
     (model,) = report["models"]
-    assert model["results"]["sparsity=0.5,without=edge"]["dropped_labels"] == ["edge"]
-    assert (tmp_path / "work" / "smoke" / "asap-tlam-sparse" / "seed0" / "checkpoints").is_dir()
+    assert model["steps"] == [1, 2]  # measured at the checkpoints the quality study averages over
+    assert len(model["averaged"]["sparsity=0.5,without=edge"]["per_scene"]["psnr"]) == EVAL_SAMPLES
+    cache = json.loads(
+        (tmp_path / "work" / "smoke" / "asap-tlam-sparse" / "seed0" / "study_sensitivity.json").read_text()
+    )
+    (last, *_) = [c for c in cache["checkpoints"] if c.endswith("step_00000002.safetensors")]
+    assert cache["checkpoints"][last]["results"]["sparsity=0.5,without=edge"]["dropped_labels"] == ["edge"]
+    assert [c["b"] for c in report["sparsity_claims"]] == ["sparsity=0.4", "sparsity=0.7"]
+    assert [c["b"] for c in report["removal_claims"]] == [f"sparsity=0.5,without={name}" for name in labels]
+    assert report["own_label_metrics"] == {}  # filled once a per-label scene scorer is plugged in
+    assert "## Comparisons" in (tmp_path / "results" / "sensitivity_smoke.md").read_text()
     for suffix in ("sparsity", "removal"):
         assert (tmp_path / "results" / f"sensitivity_smoke_{suffix}.png").is_file()
 
@@ -338,9 +370,14 @@ def test_evaluation_masks_do_not_depend_on_the_batching():
 
 
 def test_budgets():
-    assert BUDGETS["cpu-hour"].schedule() == [200, 400, 600, 800, 1000]
+    assert BUDGETS["cpu-2h"].schedule() == [200, 400, 600, 800, 1000]
+    assert BUDGETS["cpu-2h"].averaged_steps() == [600, 800, 1000]
+    for name in ("cpu-hour", "cpu-2h"):
+        assert len(BUDGETS[name].seeds) >= 5 and BUDGETS[name].lambda_l1 > 0
+    assert BUDGETS["smoke"].seeds == (0,)
     custom = resolve_budget("30")
-    assert (custom.steps, custom.schedule(), custom.seeds) == (30, [6, 12, 18, 24, 30], BUDGETS["cpu-hour"].seeds)
+    assert (custom.name, custom.steps, custom.schedule()) == ("cpu-2h-30", 30, [6, 12, 18, 24, 30])
+    assert custom.seeds == BUDGETS["cpu-2h"].seeds and custom.averaged_steps() == [18, 24, 30]
     paper = BUDGETS["paper"]
     assert (paper.model.dim, paper.model.depth, paper.model.heads, paper.resolution) == (96, 3, 3, 256)
     for bad in ("0", "fast"):
@@ -348,25 +385,192 @@ def test_budgets():
             resolve_budget(bad)
 
 
-def test_claims_follow_the_numbers():
-    def row(name, fids):
-        return {"name": name, "summary": {"fid": summarize(fids)}}
+def _synthetic_rows(rng, shifts: dict[str, float], seeds=5, scenes=40):
+    """Rows measured on shared scenes: per-scene PSNR = scene difficulty + row shift + seed + noise."""
+    difficulty = rng.normal(size=scenes) * 2  # shared by every row: the scenes are the same
+    variants = [VARIANTS[name] for name in shifts]
+    runs = {}
+    for name, offset in shifts.items():
+        runs[name] = {}
+        for seed in range(seeds):
+            psnr = difficulty + offset + 0.2 * rng.normal() + 0.3 * rng.normal(size=scenes)
+            evaluations = {
+                str(step): {"fid": 1.0 - offset + 0.05 * rng.normal(), "per_scene": {"psnr": psnr.tolist()}}
+                for step in (1, 2)
+            }
+            runs[name][seed] = {"train_seconds": 1.0, "evaluations": evaluations}
+    return quality_rows(variants, runs, averaged_steps=[1, 2])
 
-    rows = [
-        row("asap-tlam-dense", [10, 11]),
-        row("asap-clam-dense", [20, 21]),
-        row("asap-naive", [15, 30]),
-        row("asap-semantic", [40, 41]),
-    ]
-    claims = {c["claim"]: c for c in quality_claims(rows)}
-    order = claims["TLAM beats CLAM beats naive concatenation (dense, ASAP)"]
-    assert order["holds"] and not order["beyond_seed_spread"]  # 20.5 < 22.5, but the naive seeds spread by 10.6
-    assert claims["multi-conditioning (TLAM) beats semantics-only, ASAP"]["beyond_seed_spread"]
-    assert claims["TLAM beats CLAM (dense, ASAP)"]["beyond_seed_spread"]
-    assert not any("SPADE" in text for text in claims)  # rows not run are left out
-    assert not quality_claims(rows[3:])  # semantics only: nothing to compare
-    rows[1] = row("asap-clam-dense", [5, 6])
-    assert not {c["claim"]: c for c in quality_claims(rows)}[order["claim"]]["holds"]
+
+def test_claims_follow_the_numbers():
+    rng = np.random.default_rng(0)
+    rows = _synthetic_rows(rng, {"asap-tlam-dense": 1.0, "asap-clam-dense": 0.0, "asap-naive": 0.0})
+    claims = {c["claim"]: {check["metric"]: check for check in c["checks"]} for c in quality_claims(rows)}
+    assert set(claims) == {
+        "TLAM beats CLAM (dense, ASAP)",
+        "CLAM beats naive concatenation (dense, ASAP)",
+        "TLAM beats naive concatenation (dense, ASAP)",
+    }  # rows not run are left out
+    tlam_clam = claims["TLAM beats CLAM (dense, ASAP)"]
+    assert tlam_clam["psnr"]["verdict"] == "holds" and tlam_clam["psnr"]["low"] > 0
+    assert tlam_clam["psnr"]["test"].startswith("wilcoxon") and tlam_clam["psnr"]["p_value"] < 0.01
+    assert tlam_clam["fid"]["verdict"] == "holds" and tlam_clam["fid"]["test"].startswith("mann-whitney")
+    assert claims["CLAM beats naive concatenation (dense, ASAP)"]["psnr"]["verdict"] == UNDECIDED
+    reversed_rows = _synthetic_rows(rng, {"asap-tlam-dense": 0.0, "asap-clam-dense": 1.0})
+    (claim,) = quality_claims(reversed_rows)
+    assert {check["metric"]: check["verdict"] for check in claim["checks"]} == {"fid": "reversed", "psnr": "reversed"}
+
+
+def test_averaged_is_the_mean_of_the_checkpoints():
+    first = {"fid": 1.0, "seconds": 2.0, "per_scene": {"psnr": [10.0, 20.0], "x": [1.0, float("nan")]}}
+    second = {"fid": 2.0, "seconds": 4.0, "per_scene": {"psnr": [12.0, 22.0], "x": [3.0, 5.0]}}
+    result = averaged([first, second])
+    assert result["set"]["fid"] == 1.5 and result["per_scene"]["psnr"] == [11.0, 21.0]
+    assert result["per_scene"]["x"][0] == 2.0 and math.isnan(result["per_scene"]["x"][1])
+    with pytest.raises(ValueError, match="nothing to average"):
+        averaged([])
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _paired_rows(rng, shift, seeds=5, scenes=60):
+    difficulty = rng.normal(size=scenes) * 2  # shared: both rows see the same scenes
+    a = difficulty + shift + 0.3 * rng.normal(size=(seeds, 1)) + 0.5 * rng.normal(size=(seeds, scenes))
+    b = difficulty + 0.3 * rng.normal(size=(seeds, 1)) + 0.5 * rng.normal(size=(seeds, scenes))
+    return a, b
+
+
+def test_a_clear_difference_is_decided_in_its_direction():
+    rng = np.random.default_rng(1)
+    a, b = _paired_rows(rng, shift=2.0)
+    result = compare(a, b, resamples=1000)
+    assert result.low > 0 and result.p_value < 1e-6 and result.scenes == 60
+    assert verdict(result, higher_is_better=True) == "holds"
+    assert verdict(result, higher_is_better=False) == "reversed"
+    assert verdict(result, higher_is_better=None) == "A higher"
+    assert verdict(compare(a[:1], b[:1], resamples=1000), higher_is_better=True) == UNDECIDED  # one seed
+
+
+def test_identical_rows_are_mostly_undecided_and_intervals_cover_the_truth():
+    undecided = covered = 0
+    trials = 40
+    for trial in range(trials):
+        rng = np.random.default_rng(100 + trial)
+        a, b = _paired_rows(rng, shift=0.0)
+        null = compare(a, b, resamples=1000, seed=trial)
+        undecided += verdict(null, higher_is_better=True) == UNDECIDED
+        shifted = compare(*_paired_rows(rng, shift=0.7), resamples=1000, seed=trial)
+        covered += shifted.low <= 0.7 <= shifted.high
+    # About 90% each (the percentile bootstrap over five seeds is a little narrow).
+    assert undecided >= 0.75 * trials
+    assert covered >= 0.75 * trials
+
+
+def test_pairing_scenes_is_what_makes_small_differences_visible():
+    rng = np.random.default_rng(2)
+    a, b = _paired_rows(rng, shift=0.3)
+    paired = compare(a, b, resamples=1000)
+    unpaired = compare(a, b[:, rng.permutation(60)], resamples=1000)  # scenes no longer matched
+    assert (paired.high - paired.low) < 0.5 * (unpaired.high - unpaired.low)
+
+
+def test_statistics_edge_cases():
+    same = np.ones((3, 5))
+    result = compare(same, same)
+    assert result.difference == 0 and result.p_value == 1.0 and verdict(result, higher_is_better=True) == UNDECIDED
+    with_nan = np.array([[1.0, float("nan"), 3.0], [2.0, 2.0, 4.0]])
+    assert compare(with_nan, with_nan + 1).scenes == 2  # a scene missing in a row is left out
+    set_level = compare([1.0, 1.1, 0.9, 1.05], [2.0, 2.1, 1.9, 2.05])
+    assert set_level.test.startswith("mann-whitney") and set_level.high < 0
+    assert bootstrap_mean([[float("nan")]])["mean"] is None
+    with pytest.raises(ValueError, match="same scenes"):
+        compare(np.ones((2, 3)), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="paired seeds"):
+        compare(np.ones((2, 3)), np.ones((3, 3)), paired_seeds=True)
+
+
+# ---------------------------------------------------------------- per-scene metrics and the scorer hook
+
+
+class _DepthPainter(torch.nn.Module):
+    """A stand-in generator: paints each image from its depth label, grey where depth is missing."""
+
+    def forward(self, labels, masks):
+        depth = labels["depth"] * masks["depth"][:, None]  # (B, 1, H, W)
+        return torch.tanh(depth).expand(-1, 3, -1, -1), None
+
+
+def _scenes(count, size=16):
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(count, 1, size, size, generator=g) * 2 - 1
+    image = (torch.tanh(depth) + 0.3 * torch.randn(count, 3, size, size, generator=g)).clamp(-1, 1)
+    return [{"image": image[i], "labels": {"depth": depth[i]}, "masks": {}} for i in range(count)]
+
+
+def _batches(samples, size):
+    return [torch.utils.data.default_collate(samples[i : i + size]) for i in range(0, len(samples), size)]
+
+
+def _scorer(scene_scorers=()):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.AdaptiveAvgPool2d(1))
+    extractor = FeatureExtractor(net, name="random conv (test only)")
+    return Scorer(extractor, None, None, None, None, fid_method="eigh", kid_subsets=5, scene_scorers=scene_scorers)
+
+
+def test_per_scene_metrics_follow_the_scenes_and_extra_scorers_are_applied():
+    samples = _scenes(8)
+
+    def brightness(fake, batch, masks):
+        assert set(masks) == {"depth"} and masks["depth"].dtype == torch.bool
+        return {"brightness": fake.mean(dim=(1, 2, 3))}  # (B,)
+
+    scorer = _scorer([brightness])
+    whole = evaluate_generator(_DepthPainter(), _batches(samples, 8), scorer, progress=False)
+    pieces = evaluate_generator(_DepthPainter(), _batches(samples, 3), scorer, progress=False)
+    assert set(whole["per_scene"]) == {"feature_distance", "l1", "psnr", "ssim", "brightness"}
+    for name, values in whole["per_scene"].items():
+        assert len(values) == 8 and np.allclose(values, pieces["per_scene"][name]), name  # scene order, any batching
+    fake = torch.tanh(torch.stack([s["labels"]["depth"] for s in samples])).expand(-1, 3, -1, -1)
+    real = torch.stack([s["image"] for s in samples])
+    expected = (scorer.feature_extractor(fake) - scorer.feature_extractor(real)).norm(dim=1)
+    assert np.allclose(whole["per_scene"]["feature_distance"], expected.numpy(), atol=1e-5)
+    assert np.allclose(whole["per_scene"]["brightness"], fake.mean(dim=(1, 2, 3)).numpy(), atol=1e-6)
+    assert whole["l1"] == pytest.approx(float(((fake - real).abs() / 2).mean()), abs=1e-6)
+    assert whole["kid_subset_size"] == 4 and finite(whole["fid"])
+
+    def wrong_shape(fake, batch, masks):
+        return {"bad": torch.zeros(fake.shape[0], 2)}
+
+    with pytest.raises(ValueError, match="'bad' must be"):
+        evaluate_generator(_DepthPainter(), _batches(samples, 4), _scorer([wrong_shape]), progress=False)
+
+    def clash(fake, batch, masks):
+        return {"psnr": torch.zeros(fake.shape[0])}
+
+    with pytest.raises(ValueError, match="already uses"):
+        evaluate_generator(_DepthPainter(), _batches(samples, 4), _scorer([clash]), progress=False)
+
+
+def test_the_study_applies_the_extra_scene_scorers(tmp_path, monkeypatch):
+    from examples.studies import study as study_module
+    from examples.studies.scoring import flatten_scene_metrics
+
+    def controllability(fake, batch, masks):  # the shape of a per-image controllability result
+        given = masks["depth"].flatten(1).float().mean(dim=1)  # (B,)
+        nested = {"depth": {"given": {"share": given}, "missing": {"share": 1 - given}}}
+        return flatten_scene_metrics(nested)
+
+    monkeypatch.setattr(study_module, "extra_scene_scorers", lambda study: [controllability])
+    study = study_module.Study(
+        budget=BUDGETS["smoke"], work_dir=tmp_path / "work", cache_dir=tmp_path / "cache", progress=False
+    )
+    assert study.protocol()["scene_scorers"] == ["controllability"]
+    condition = LabelCondition(sparsity=0.5, drop_labels=("edge",))
+    result = study.measure(_DepthPainter(), condition)
+    given = np.array(result["per_scene"]["depth.given.share"])
+    assert len(given) == EVAL_SAMPLES and (given < 1).any()  # 50% sparsity dropped some depth regions
+    assert np.allclose(given + np.array(result["per_scene"]["depth.missing.share"]), 1.0)
 
 
 def test_measurements_of_another_protocol_are_refused(quality):
@@ -376,7 +580,9 @@ def test_measurements_of_another_protocol_are_refused(quality):
         train_and_measure(config, schedule=[1, 2], measure=lambda g: {}, protocol={"eval_set": "other"}, progress=False)
 
 
-@pytest.mark.parametrize("module", ["environment", "conditions", "budgets", "segmenters", "report", "editing"])
+@pytest.mark.parametrize(
+    "module", ["environment", "conditions", "budgets", "segmenters", "report", "editing", "statistics", "scoring"]
+)
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"examples.studies.{module}"))
     assert result.attempted > 0 and result.failed == 0

@@ -2,14 +2,19 @@
 
 ``--budget`` takes a name or a number:
 
-- ``smoke``: the whole pipeline in seconds with tiny networks (what the tests run); its numbers
-  mean nothing.
-- ``cpu-hour`` (default): 32x32 scenes and small networks; the quality study takes about an
-  hour on 2 CPU cores (measured times are in ``docs/studies.md``).
+- ``smoke``: the whole pipeline in seconds with tiny networks and one seed (what the tests run);
+  its numbers mean nothing.
+- ``cpu-hour``: 32x32 scenes and small networks, 400 steps, 5 seeds; all eight rows of the
+  quality study in about an hour on 2 CPU cores (estimated from the step times in ``docs/studies.md``).
+- ``cpu-2h`` (default): the same with 1,000 steps; about two hours on 2 CPU cores for the six
+  ASAP-Net rows (pick rows with ``--rows``).
 - ``paper``: the paper's configuration (256x256, TLAM 96/3/3, ASAP-Net and SPADE at their
   published sizes, 3 seeds): days on one GPU per row.
-- a positive integer ``N``: ``cpu-hour`` with ``N`` training steps per run (FID measured at five
+- a positive integer ``N``: ``cpu-2h`` with ``N`` training steps per run (measured at five
   evenly spaced checkpoints).
+
+Every row of a study gets the same budget: the same steps, seeds, losses (including the pixel L1
+term of the CPU budgets) and evaluation, fixed before any run.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class Budget:
             every configuration; at 256x256 a scene takes 3.8 MB).
         expected: What the budget costs, in words.
         lambda_vgg: Weight of the VGG19 perceptual loss (on only when its weights file is given).
+        lambda_l1: Weight of the pixel L1 reconstruction loss, the same for every row.
+        averaged_checkpoints: The table and the paired comparisons use the mean over this many
+            last measured checkpoints, never a single one (checkpoint-to-checkpoint swings of a
+            GAN are as large as the gaps between rows).
     """
 
     name: str
@@ -63,9 +72,19 @@ class Budget:
     cache_scenes: bool = True
     expected: str = ""
     lambda_vgg: float = 10.0
+    lambda_l1: float = 10.0
+    averaged_checkpoints: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "resolution", "batch_size", "train_samples", "eval_samples"):
+        for name in (
+            "steps",
+            "eval_every",
+            "resolution",
+            "batch_size",
+            "train_samples",
+            "eval_samples",
+            "averaged_checkpoints",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"budget {self.name!r}: {name} must be a positive int, got {value!r}")
@@ -83,6 +102,15 @@ class Budget:
         """
         steps = list(range(self.eval_every, self.steps, self.eval_every))
         return [*steps, self.steps]
+
+    def averaged_steps(self) -> list[int]:
+        """The last ``averaged_checkpoints`` steps of the schedule, whose mean the results report.
+
+        Example:
+            >>> BUDGETS["cpu-2h"].averaged_steps()
+            [600, 800, 1000]
+        """
+        return self.schedule()[-self.averaged_checkpoints :]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,17 +163,31 @@ BUDGETS: dict[str, Budget] = {
     ),
     "cpu-hour": Budget(
         name="cpu-hour",
-        steps=1000,
-        eval_every=200,
+        steps=400,
+        eval_every=80,
         resolution=32,
         batch_size=8,
-        seeds=(0, 1),
+        seeds=(0, 1, 2, 3, 4),
         train_samples=2048,
         eval_samples=256,
         eval_batch_size=32,
         model=_SMALL,
         segmenter=SegmenterRecipe(steps=1000, width=16, depth=3, batch_size=16, samples=2048),
-        expected="about an hour for the quality study on 2 CPU cores",
+        expected="about an hour for all eight rows of the quality study on 2 CPU cores (estimated)",
+    ),
+    "cpu-2h": Budget(
+        name="cpu-2h",
+        steps=1000,
+        eval_every=200,
+        resolution=32,
+        batch_size=8,
+        seeds=(0, 1, 2, 3, 4),
+        train_samples=2048,
+        eval_samples=256,
+        eval_batch_size=32,
+        model=_SMALL,
+        segmenter=SegmenterRecipe(steps=1000, width=16, depth=3, batch_size=16, samples=2048),
+        expected="about two hours on 2 CPU cores for the six ASAP-Net rows (estimated)",
     ),
     "paper": Budget(
         name="paper",
@@ -164,12 +206,13 @@ BUDGETS: dict[str, Budget] = {
         threads=None,
         cache_scenes=False,
         expected="one to two days per run on one GPU (rendering-bound); 24 runs for the quality table",
+        lambda_l1=0.0,  # the paper's losses: adversarial, feature matching, VGG19
     ),
 }
 
 
 def resolve_budget(value: str | int) -> Budget:
-    """A budget by name, or ``cpu-hour`` with ``value`` training steps per run.
+    """A budget by name, or ``cpu-2h`` with ``value`` training steps per run.
 
     Raises:
         ValueError: An unknown name or a number below 1.
@@ -177,7 +220,7 @@ def resolve_budget(value: str | int) -> Budget:
     Example:
         >>> b = resolve_budget("500")
         >>> b.name, b.steps, b.eval_every, b.resolution
-        ('cpu-hour-500', 500, 100, 32)
+        ('cpu-2h-500', 500, 100, 32)
     """
     if isinstance(value, str) and value in BUDGETS:
         return BUDGETS[value]
@@ -187,7 +230,7 @@ def resolve_budget(value: str | int) -> Budget:
         raise ValueError(f"--budget must be one of {sorted(BUDGETS)} or a number of steps, got {value!r}") from None
     if steps < 1:
         raise ValueError(f"--budget as a number is the training steps per run and must be >= 1, got {steps}")
-    base = BUDGETS["cpu-hour"]
+    base = BUDGETS["cpu-2h"]
     return replace(
         base,
         name=f"{base.name}-{steps}",

@@ -63,13 +63,20 @@ def plot_convergence(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     return save_figure(figure, path)
 
 
+def _interval_errors(summaries: Sequence[dict]) -> list[list[float]]:
+    """Matplotlib's ``yerr`` ``[[below...], [above...]]`` from ``{"mean", "low", "high"}`` (0 without bounds)."""
+    below = [s["mean"] - s["low"] if s.get("low") is not None else 0.0 for s in summaries]
+    above = [s["high"] - s["mean"] if s.get("high") is not None else 0.0 for s in summaries]
+    return [below, above]
+
+
 def plot_sparsity(
     points: Sequence[dict], path: str | os.PathLike, *, title: str, fid_label: str, trained_at: float
 ) -> Path:
-    """FID against evaluation sparsity (paper Fig. 6b): mean and sample std over runs.
+    """FID against evaluation sparsity (paper Fig. 6b): mean over models and its 95% interval.
 
     Args:
-        points: ``{"sparsity", "fid": summary}`` entries.
+        points: ``{"sparsity", "fid": {"mean", "low", "high"}}`` entries.
         path: The PNG to write.
         title: Figure title.
         fid_label: The y-axis label.
@@ -78,7 +85,7 @@ def plot_sparsity(
     figure, axes = plt.subplots(figsize=(6, 4))
     xs = [100 * p["sparsity"] for p in points]
     means = [p["fid"]["mean"] for p in points]
-    errors = [p["fid"]["std"] or 0.0 for p in points]
+    errors = _interval_errors([p["fid"] for p in points])
     axes.errorbar(xs, means, yerr=errors, marker="o", capsize=3, color="tab:red")
     axes.axvline(100 * trained_at, color="grey", linestyle=":", label=f"trained at {100 * trained_at:g}%")
     axes.set_xlabel("label sparsity at evaluation (%)")
@@ -90,10 +97,10 @@ def plot_sparsity(
 
 
 def plot_removal(bars: Sequence[dict], path: str | os.PathLike, *, title: str, fid_label: str) -> Path:
-    """FID with each label removed (paper Fig. 6c), next to all labels present.
+    """FID with each label removed (paper Fig. 6c), next to all labels present; bars show 95% intervals.
 
     Args:
-        bars: ``{"removed": name or None, "fid": summary}`` entries; None is the reference.
+        bars: ``{"removed": name or None, "fid": {"mean", "low", "high"}}`` entries; None is the reference.
         path: The PNG to write.
         title: Figure title.
         fid_label: The y-axis label.
@@ -101,7 +108,7 @@ def plot_removal(bars: Sequence[dict], path: str | os.PathLike, *, title: str, f
     figure, axes = plt.subplots(figsize=(6, 4))
     names = ["none" if b["removed"] is None else b["removed"] for b in bars]
     means = [b["fid"]["mean"] for b in bars]
-    errors = [b["fid"]["std"] or 0.0 for b in bars]
+    errors = _interval_errors([b["fid"] for b in bars])
     colours = ["tab:grey" if b["removed"] is None else "tab:red" for b in bars]
     axes.bar(names, means, yerr=errors, capsize=3, color=colours)
     axes.set_xlabel("label removed")

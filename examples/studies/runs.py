@@ -84,7 +84,11 @@ def run_config(
     scene_cache: str | Path | None = None,
     vgg_weights: str | None = None,
 ) -> RunConfig:
-    """The training configuration of one run: equal for every row but the merger, generator and sparsity."""
+    """The training configuration of one run: equal for every row but the merger, generator and sparsity.
+
+    The run keeps the checkpoints of the steps the results average over
+    (``budget.averaged_checkpoints``), so later studies can measure the same ones.
+    """
     return RunConfig(
         data=DataConfig(
             dataset="synthetic",
@@ -95,7 +99,7 @@ def run_config(
             cache_dir=str(scene_cache) if scene_cache is not None else None,
         ),
         model=replace(budget.model, merger=variant.merger, generator=variant.generator),
-        optim=OptimConfig(lambda_vgg=budget.lambda_vgg, vgg_weights=vgg_weights),
+        optim=OptimConfig(lambda_vgg=budget.lambda_vgg, vgg_weights=vgg_weights, lambda_l1=budget.lambda_l1),
         train=TrainConfig(
             steps=budget.steps,
             batch_size=budget.batch_size,
@@ -106,7 +110,7 @@ def run_config(
             log_every=max(1, min(50, budget.eval_every)),
             sample_every=budget.eval_every,
             checkpoint_every=budget.eval_every,
-            keep_checkpoints=2,
+            keep_checkpoints=max(2, budget.averaged_checkpoints),
         ),
     )
 

@@ -1,13 +1,15 @@
 """What the quality and sensitivity studies share: budget, folders, evaluation set and networks.
 
-Both studies measure every model on the same held-out synthetic scenes with the same segmenter
-and FID features, and both file their runs under ``<work_dir>/<budget>/<row>/seed<k>``, so the
-sensitivity study reuses the quality study's sparse TLAM runs (and the other way round).
+Both studies measure every model on the same held-out synthetic scenes with the same segmenter,
+FID features and per-scene scorers, and both file their runs under
+``<work_dir>/<budget>/<row>/seed<k>``, so the sensitivity study reuses the quality study's sparse
+TLAM runs (and the other way round).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +20,43 @@ from examples.datasets import SyntheticDataset
 from examples.studies.budgets import Budget
 from examples.studies.conditions import LabelCondition
 from examples.studies.runs import Variant, run_config, run_dir, train_and_measure
-from examples.studies.scoring import Scorer, build_scorer, evaluate_generator, evaluation_loader
+from examples.studies.scoring import (
+    SceneScorer,
+    Scorer,
+    build_scorer,
+    evaluate_generator,
+    evaluation_loader,
+    real_floor,
+)
 from examples.studies.segmenters import obtain_segmenter
 from examples.training.builders import HELD_OUT_SEED_OFFSET
 from examples.training.checkpoint import latest_checkpoint
 from examples.training.config import DataConfig
 
-__all__ = ["Study", "EVAL_SPARSITY_SEED"]
+__all__ = ["Study", "EVAL_SPARSITY_SEED", "FLOOR_SET_SEED", "extra_scene_scorers"]
 
 EVAL_SPARSITY_SEED = 0  # every model sees the same evaluation masks
+# The real-vs-real floor compares the evaluation scenes with the held-out scenes of the seed-1
+# runs: other scenes of the same distribution, which no run trains on.
+FLOOR_SET_SEED = HELD_OUT_SEED_OFFSET + 1
+
+
+def extra_scene_scorers(study: Study) -> list[SceneScorer]:
+    """The per-scene scorers every study applies besides the built-in ones.
+
+    This is where the controllability scorer is plugged in: return callables
+    ``(fake, batch, masks) -> {name: (B,) values}`` (see
+    :data:`~examples.studies.scoring.SceneScorer`); a nested per-image result such as
+    ``{label: {"given": {metric: (B,)}, "missing": {...}}}`` becomes flat names with
+    :func:`~examples.studies.scoring.flatten_scene_metrics`. Name metrics ``<label>.<...>`` so the
+    sensitivity study can find each label's own metrics, and give their direction in
+    :data:`examples.studies.report.METRIC_DIRECTIONS`. Adding a scorer changes the protocol,
+    so existing measurements are refused rather than mixed with new ones.
+
+    Args:
+        study: The study being set up (its ``eval_set``, ``device`` and ``budget`` are ready).
+    """
+    return []
 
 
 @dataclass
@@ -42,6 +72,7 @@ class Study:
         vgg_weights: VGG19 weights for the perceptual loss, or None (then the loss is off unless
             ``$LABEL_MERGE_VGG19`` names them).
         progress: Show progress bars.
+        scene_scorers: Extra per-scene scorers (None: :func:`extra_scene_scorers`).
     """
 
     budget: Budget
@@ -51,6 +82,7 @@ class Study:
     fid_weights: str | None = None
     vgg_weights: str | None = None
     progress: bool = True
+    scene_scorers: Sequence[SceneScorer] | None = None
     scorer: Scorer = field(init=False)
     segmenter_path: Path = field(init=False)
 
@@ -79,7 +111,9 @@ class Study:
             semantic_spec=self.eval_set.label_specs["semantic"],
             fid_weights=self.fid_weights,
             device=self.device,
+            scene_scorers=extra_scene_scorers(self) if self.scene_scorers is None else self.scene_scorers,
         )
+        self._floor: dict | None = None
 
     # ------------------------------------------------------------------ evaluation
 
@@ -97,12 +131,38 @@ class Study:
             protocol["condition"] = condition.describe()
         return protocol
 
+    def _loader(self, dataset):
+        return evaluation_loader(dataset, batch_size=self.budget.eval_batch_size, workers=self.budget.workers)
+
     def measure(self, generator: nn.Module, condition: LabelCondition, *, desc: str = "evaluating") -> dict:
         """All metrics of ``generator`` on the evaluation set under ``condition``."""
-        loader = evaluation_loader(self.eval_set, batch_size=self.budget.eval_batch_size, workers=self.budget.workers)
         return evaluate_generator(
-            generator, loader, self.scorer, condition, device=self.device, progress=self.progress, desc=desc
+            generator,
+            self._loader(self.eval_set),
+            self.scorer,
+            condition,
+            device=self.device,
+            progress=self.progress,
+            desc=desc,
         )
+
+    def floor(self) -> dict:
+        """FID and KID of the evaluation scenes' real images against as many other real scenes.
+
+        What a perfect generator would score with these features and this set size (computed once).
+        """
+        if self._floor is None:
+            other = SyntheticDataset(
+                num_samples=self.budget.eval_samples,
+                resolution=self.budget.resolution,
+                seed=FLOOR_SET_SEED,
+                cache_dir=self.scene_cache,
+            )
+            self._floor = {
+                **real_floor(self._loader(self.eval_set), self._loader(other), self.scorer),
+                "other_set": repr(other),
+            }
+        return self._floor
 
     @staticmethod
     def training_condition(variant: Variant) -> LabelCondition:
@@ -133,6 +193,19 @@ class Study:
             protocol=self.protocol(condition),
             progress=self.progress,
         )
+
+    def averaged_checkpoints(self, variant: Variant, seed: int) -> list[Path]:
+        """The checkpoints of the steps the results average over (``budget.averaged_steps()``).
+
+        Raises:
+            FileNotFoundError: One of them is missing.
+        """
+        folder = self.run_dir(variant, seed) / "checkpoints"
+        paths = [folder / f"step_{step:08d}.safetensors" for step in self.budget.averaged_steps()]
+        missing = [str(path) for path in paths if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"missing checkpoints {missing}; train the run again (delete its folder)")
+        return paths
 
     def final_checkpoint(self, variant: Variant, seed: int) -> Path:
         """The newest checkpoint of a finished run.
