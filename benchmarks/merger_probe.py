@@ -33,19 +33,20 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
-from examples.studies.statistics import compare, verdict  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from examples.studies.environment import configure_cpu, machine_info, utc_now, write_json  # noqa: E402
 from examples.studies.probe import (  # noqa: E402
     ROWS,
     ProbeConfig,
+    build_probe,
     evaluate_probe,
     probe_masks,
     render_scenes,
     total_variance,
     train_probe,
 )
+from examples.studies.statistics import compare, verdict  # noqa: E402
 from examples.training.builders import HELD_OUT_SEED_OFFSET  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny settings: checks the pipeline in seconds")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument(
+        "--work-dir",
+        default=str(ROOT / "runs" / "probe"),
+        help="trained runs are kept here and reused when the script runs again with the same settings",
+    )
     p.add_argument("--name", default="merger_probe", help="stem of the result files")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -85,6 +91,23 @@ def explained(row: dict) -> np.ndarray:
     """Per-scene ``1 - sse_j / mean(sst)``, ``(seeds, N)``: its mean over scenes is the row's R²."""
     sse = np.array([run["scene_sse"] for run in row["runs"]])  # (seeds, N)
     return 1.0 - sse / row["mean_sst"]
+
+
+def cached_run(row, train, config: ProbeConfig, *, seed: int, folder: Path):
+    """Train one run, or load it from ``folder`` when an earlier run with the same settings saved it."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / row.name / f"seed{seed}.safetensors"
+    if path.exists():
+        model = build_probe(row, train.specs, config)
+        model.load_state_dict(load_file(path))
+        return model
+    model = train_probe(row, train, config, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written model behind
+    return model
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         per_seed = []
         for seed in bar(seeds, desc=row.name, unit="run"):
             t0 = time.perf_counter()
-            model = train_probe(row, train, config, seed=seed)
+            model = cached_run(row, train, config, seed=seed, folder=Path(args.work_dir) / config.digest())
             out = evaluate_probe(model, test, eval_masks[row.sparse])
             per_seed.append(
                 {

@@ -57,18 +57,9 @@ def test_scene_tensors_take_keeps_everything_aligned():
 def test_probe_script_smoke(tmp_path):
     from benchmarks.merger_probe import main
 
-    report = main(
-        [
-            "--smoke",
-            "--results-dir",
-            str(tmp_path),
-            "--no-progress",
-            "--rows",
-            "naive-dense",
-            "tlam-dense",
-            "clam-dense",
-        ]
-    )
+    rows = ["--rows", "naive-dense", "tlam-dense", "clam-dense"]
+    common = ["--smoke", "--results-dir", str(tmp_path), "--work-dir", str(tmp_path / "runs"), "--no-progress"]
+    report = main([*common, *rows])
     saved = json.loads((tmp_path / "merger_probe.json").read_text())
     assert set(saved["rows"]) == {"naive-dense", "tlam-dense", "clam-dense"}
     assert [c["claim"] for c in report["claims"]] == [
@@ -79,3 +70,8 @@ def test_probe_script_smoke(tmp_path):
     for c in report["claims"]:
         assert c["low"] <= c["difference"] <= c["high"]
     assert (tmp_path / "merger_probe.png").stat().st_size > 0
+    # A second start reuses the saved runs and measures them identically.
+    again = main([*common, *rows])
+    assert [r["r2"] for r in again["rows"]["tlam-dense"]["runs"]] == [
+        r["r2"] for r in report["rows"]["tlam-dense"]["runs"]
+    ]

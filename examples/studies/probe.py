@@ -8,6 +8,8 @@ differs (design and settings: docs/studies.md, "Merger probe").
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -69,6 +71,12 @@ class ProbeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the settings and the scenes' renderer: trained runs are filed under it."""
+        scenes = SyntheticDataset(1, resolution=self.resolution, seed=self.scene_seed)._settings_key()
+        text = json.dumps({**self.to_dict(), "scenes": scenes}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
