@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from examples.training.config import PRESETS, DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from examples.training.loop import Trainer
@@ -105,6 +106,21 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b)
     log = (Path(first.train.out) / "metrics.jsonl").read_text().splitlines()
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [1, 2, 3, 4]
+    # The random number generators end in the same states too, so any randomness a later
+    # version draws from them (augmentation, say) resumes exactly as well.
+    straight_rng = saved_rng_states(Path(straight_sparse.out) / "checkpoints" / "step_00000004.safetensors")
+    resumed_rng = saved_rng_states(Path(first.train.out) / "checkpoints" / "step_00000004.safetensors")
+    assert straight_rng.keys() == resumed_rng.keys() >= {"rng/torch", "rng_python", "rng_numpy"}
+    for key, value in straight_rng.items():
+        assert torch.equal(value, resumed_rng[key]) if isinstance(value, torch.Tensor) else value == resumed_rng[key]
+
+
+def saved_rng_states(path: Path) -> dict:
+    """The random number generator states a checkpoint holds (tensors and metadata entries)."""
+    with safe_open(str(path), framework="pt") as f:
+        states = {k: f.get_tensor(k) for k in f.keys() if k.startswith("rng/")}
+        states.update({k: v for k, v in f.metadata().items() if k.startswith("rng_")})
+    return states
 
 
 def test_run_writes_samples_checkpoints_and_logs(tmp_path):
