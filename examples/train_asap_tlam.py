@@ -12,12 +12,11 @@ concept, generated, real), ``tensorboard/``, ``metrics.jsonl`` and ``config.json
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dataclasses import dataclass, field  # noqa: E402
 
 from examples.training.checkpoint import (  # noqa: E402
     CheckpointError,
@@ -35,6 +34,7 @@ from examples.training.config import (  # noqa: E402
 )
 from examples.training.distributed import setup_distributed, teardown_distributed  # noqa: E402
 from examples.training.loop import Trainer  # noqa: E402
+from examples.training.run_files import ensure_writable  # noqa: E402
 
 # Flags that may change when a run is resumed; any other flag must match the saved configuration.
 RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "log_every", "sample_every", "checkpoint_every"}
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     dist = setup_distributed()  # every rank has chosen its checkpoint once this returns
     try:
         if dist.is_main:
+            ensure_writable(config.train.out)  # before renaming anything in it
             for path, reason in start.skipped:
                 kept = set_aside(path)
                 print(f"--resume: skipped {path}: {reason}; kept it as {kept}", file=sys.stderr, flush=True)
