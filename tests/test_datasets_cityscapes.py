@@ -218,3 +218,32 @@ def test_prepare_matches_on_the_fly(city, tmp_path):
     redone = prepare_main([*args, "--canny-high", "0.2", "--overwrite", "--no-progress"])
     assert redone.written == 2
     assert CityscapesDataset(root, resolution=half, cache_dir=cache_dir, canny_high=0.2).use_cache
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape", "labels"),
+    [
+        ("gtFine_labelIds", (H // 2, W // 2), ["semantic"]),
+        ("gtFine_labelIds", (H // 2, W // 2), ["depth"]),  # depth masks the ego vehicle by label id
+        ("disparity", (H // 2, W // 2), ["depth"]),
+        ("disparity", (H, W // 2), ["normal"]),
+        ("gtFine_instanceIds", (5, 7), ["edge"]),
+    ],
+)
+def test_a_label_of_another_size_than_its_image_is_refused(city, tmp_path, kind, shape, labels):
+    import shutil
+
+    root, frames = city
+    copy = tmp_path / "cs"
+    shutil.copytree(root, copy)
+    label = copy / f"{kind.split('_')[0]}/train/aachen/aachen_000000_000019_{kind}.png"
+    dtype = np.uint8 if kind == "gtFine_labelIds" else np.uint16
+    write_png(label, np.full(shape, 7 if kind != "disparity" else 5000, dtype))
+    ds = CityscapesDataset(copy, labels=labels, use_cache=False)
+    h, w = shape
+    with pytest.raises(
+        ValueError,
+        match=rf"{label.name} is {h}x{w} \(HxW\) but its image .*aachen_000000_000019_leftImg8bit\.png is {H}x{W}",
+    ):
+        ds[0]
+    ds[1]  # the other frame is fine

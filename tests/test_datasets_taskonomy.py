@@ -215,3 +215,36 @@ def test_interrupted_prepare_is_not_used_and_resumes(domain_first, tmp_path, mon
     result = prepare_cache(TaskonomyDataset(domain_first, resolution=4, cache_dir=tmp_path), progress=False)
     assert (result.written, result.skipped) == (1, 1)
     assert TaskonomyDataset(domain_first, resolution=4, cache_dir=tmp_path).use_cache
+
+
+@pytest.mark.parametrize(
+    ("domain", "array"),
+    [
+        ("depth_zbuffer", np.full((4, 4), 1000, np.uint16)),
+        ("depth_zbuffer", np.full((8, 5), 1000, np.uint16)),
+        ("normal", np.full((8, 4, 3), 200, np.uint8)),
+        ("edge_texture", np.zeros((16, 16), np.uint16)),
+        ("principal_curvature", np.full((7, 8, 3), 100, np.uint8)),
+        ("segment_semantic", np.ones((3, 3), np.uint8)),  # not an integer fraction of 8x8
+        ("segment_semantic", np.ones((4, 8), np.uint8)),  # another aspect ratio
+    ],
+)
+def test_a_label_of_another_size_than_its_image_is_refused(tmp_path, views, domain, array):
+    write_taskonomy(tmp_path, layout="building-first", building="b1", views=views)
+    label = tmp_path / "b1" / domain / f"point_0_view_0_domain_{domain}.png"
+    write_png(label, array)
+    ds = TaskonomyDataset(tmp_path, resolution=8, use_cache=False)
+    h, w = array.shape[:2]
+    with pytest.raises(
+        ValueError, match=rf"{label.name} is {h}x{w} \(HxW\) but its image .*point_0_view_0_domain_rgb\.png is 8x8"
+    ):
+        ds[0]
+    ds[1]  # the other view is fine
+
+
+def test_semantics_at_an_integer_fraction_of_the_image_size_are_accepted(tmp_path, views):
+    write_taskonomy(tmp_path, layout="building-first", building="b1", views=views)
+    write_png(
+        tmp_path / "b1" / "segment_semantic" / "point_0_view_0_domain_segment_semantic.png", np.ones((2, 2), np.uint8)
+    )
+    assert (TaskonomyDataset(tmp_path, resolution=8, labels=["semantic"])[0]["labels"]["semantic"] == 1).all()

@@ -39,7 +39,7 @@ from .base import RealDataset
 from .cityscapes_labels import IGNORE_TRAIN_ID, NON_SCENE_IDS, NUM_LABEL_IDS, train_id_lut
 from .edges import canny
 from .geometry import normals_from_depth
-from .io import read_gray_png, read_json, read_rgb_png
+from .io import check_label_size, read_gray_png, read_json, read_png_header, read_rgb_png
 from .transforms import (
     Intrinsics,
     as_size,
@@ -304,11 +304,24 @@ class CityscapesDataset(RealDataset):
         return f"{self.split}/{city}/{stem}"
 
     # ------------------------------------------------------------------------------ decoding
-    def _label_ids(self, index: int) -> np.ndarray:
-        path = self.path(index, "label_ids")
-        ids = read_gray_png(path, bit_depths=(8,))
+    def _image_size(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of sample ``index``'s image, from its PNG header."""
+        header = read_png_header(self.path(index, "image"))
+        return header.height, header.width
+
+    def _read_label_png(self, index: int, kind: str, bit_depths: tuple[int, ...], image_size: tuple[int, int]):
+        """A label PNG of sample ``index``, checked to be the size of its image (never stretched)."""
+        path = self.path(index, kind)
+        raw = read_gray_png(path, bit_depths=bit_depths)
+        check_label_size(path, raw.shape, self.path(index, "image"), image_size)
+        return raw
+
+    def _label_ids(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
+        ids = self._read_label_png(index, "label_ids", (8,), image_size)
         if ids.size and int(ids.max()) > 33:
-            raise ValueError(f"{path}: Cityscapes label ids must lie in 0..33, found {int(ids.max())}")
+            raise ValueError(
+                f"{self.path(index, 'label_ids')}: Cityscapes label ids must lie in 0..33, found {int(ids.max())}"
+            )
         return ids
 
     def output_intrinsics(self, index: int, native_size: tuple[int, int]) -> tuple[CameraCalibration, Intrinsics]:
@@ -317,11 +330,9 @@ class CityscapesDataset(RealDataset):
 
     def _depth(self, index: int) -> tuple[np.ndarray, np.ndarray, Intrinsics]:
         """Depth at output size: ``((h, w) float32 metres, (h, w) bool, output intrinsics)``."""
-        path = self.path(index, "disparity")
-        raw = read_gray_png(path, bit_depths=(16,))
-        ids = self._label_ids(index)
-        if ids.shape != raw.shape:
-            raise ValueError(f"{path}: size {raw.shape} differs from {self.path(index, 'label_ids')} {ids.shape}")
+        image_size = self._image_size(index)
+        raw = self._read_label_png(index, "disparity", (16,), image_size)
+        ids = self._label_ids(index, image_size)
         camera, k_out = self.output_intrinsics(index, raw.shape)
         disparity, valid = decode_disparity(raw)  # native pixels
         valid &= ~np.isin(ids, NON_SCENE_IDS)
@@ -357,7 +368,7 @@ class CityscapesDataset(RealDataset):
         labels: dict[str, torch.Tensor] = {}
         masks: dict[str, torch.Tensor] = {}
         if "semantic" in self.labels:
-            ids = torch.from_numpy(self._label_ids(index).astype(np.int64))
+            ids = torch.from_numpy(self._label_ids(index, rgb.shape[:2]).astype(np.int64))
             if self.train_ids:
                 ids = torch.from_numpy(train_id_lut().astype(np.int64))[ids]
             semantic = resize_nearest(ids, self.size)
@@ -378,8 +389,9 @@ class CityscapesDataset(RealDataset):
         if "depth" in self.labels or "normal" in self.labels:
             native = rgb.shape[:2]
             meta["intrinsics"] = self.output_intrinsics(index, native)[1].as_tensor()
-        instance_path = self.path(index, "instance_ids")
-        instances = torch.from_numpy(read_gray_png(instance_path, bit_depths=(8, 16)).astype(np.int64))
+        instances = torch.from_numpy(
+            self._read_label_png(index, "instance_ids", (8, 16), rgb.shape[:2]).astype(np.int64)
+        )
         sample = {
             "image": image_to_tensor(rgb, self.size),
             "labels": labels,

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_save_npz",
     "load_npz",
+    "check_label_size",
 ]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -277,3 +278,42 @@ def load_npz(path: str | os.PathLike, *, keys: Iterable[str]) -> dict[str, np.nd
         if isinstance(e, ValueError) and str(path) in str(e):
             raise
         raise ValueError(f"could not read {path}: {e}") from e
+
+
+def check_label_size(
+    label_path: str | os.PathLike,
+    label_size: tuple[int, int],
+    image_path: str | os.PathLike,
+    image_size: tuple[int, int],
+    *,
+    integer_fraction: bool = False,
+) -> None:
+    """Refuse a label map whose size differs from its image's, rather than stretch it.
+
+    Args:
+        label_path: The label file.
+        label_size: Its ``(H, W)``.
+        image_path: The image it belongs to.
+        image_size: The image's ``(H, W)``.
+        integer_fraction: Also accept the image size divided by one integer on both sides (a
+            label published at lower resolution, e.g. Taskonomy's 256x256 semantics beside a
+            512x512 image).
+
+    Raises:
+        ValueError: The sizes differ; the message names both files and both sizes.
+
+    Example:
+        >>> check_label_size("depth.png", (4, 4), "rgb.png", (8, 8))
+        Traceback (most recent call last):
+        ...
+        ValueError: label file depth.png is 4x4 (HxW) but its image rgb.png is 8x8; a label must have its image's size
+    """
+    (h, w), (H, W) = tuple(label_size), tuple(image_size)
+    if (h, w) == (H, W):
+        return
+    if integer_fraction and h > 0 and w > 0 and H % h == 0 and W % w == 0 and H // h == W // w:
+        return
+    allowed = "its image's size or that divided by an integer" if integer_fraction else "its image's size"
+    raise ValueError(
+        f"label file {label_path} is {h}x{w} (HxW) but its image {image_path} is {H}x{W}; a label must have {allowed}"
+    )

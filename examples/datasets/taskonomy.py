@@ -38,7 +38,7 @@ from label_merge import LabelSpec
 
 from .base import RealDataset
 from .cache import CACHE_DIRNAME
-from .io import read_gray_png, read_png_header, read_rgb_png
+from .io import check_label_size, read_gray_png, read_png_header, read_rgb_png
 from .regions import connected_regions
 from .transforms import as_size, image_to_tensor, resize_continuous, resize_depth, resize_nearest, resize_normals
 
@@ -230,8 +230,10 @@ class TaskonomyDataset(RealDataset):
 
     # ------------------------------------------------------------------------------- decoding
     def _semantic(self, index: int, rgb_size: tuple[int, int]) -> torch.Tensor:
-        path = self.files[self.views[index]]["semantic"]
+        files = self.files[self.views[index]]
+        path = files["semantic"]
         sem = torch.from_numpy(_decode_semantic(read_gray_png(path, bit_depths=(8,)), path))
+        check_label_size(path, sem.shape, files["rgb"], rgb_size, integer_fraction=True)
         # Semantic maps are often half resolution: upsample to the RGB size first (nearest).
         return resize_nearest(resize_nearest(sem, rgb_size), self.size)  # (H, W) int64
 
@@ -241,16 +243,21 @@ class TaskonomyDataset(RealDataset):
         semantic = self._semantic(index, (header.height, header.width))
         return {"regions": connected_regions(semantic.numpy())}
 
-    def _decode_label(self, name: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read_label(self, name: str, path: Path, rgb_path: Path, rgb_size: tuple[int, int]) -> np.ndarray:
+        """The raw array of a continuous label's file, checked to be the size of its RGB image."""
+        raw = read_gray_png(path, bit_depths=(16,)) if name in ("depth", "edge") else read_rgb_png(path)
+        check_label_size(path, raw.shape[:2], rgb_path, rgb_size)
+        return raw
+
+    def _decode_label(self, name: str, raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """One continuous label at output size: ``((C, H, W) float32, (H, W) bool)``."""
         if name == "depth":
-            raw = read_gray_png(path, bit_depths=(16,))
             valid = torch.from_numpy((raw != DEPTH_MISSING) & (raw != 0))
             depth = torch.from_numpy(raw.astype(np.float32) / DEPTH_UNITS_PER_METRE)
             d, m = resize_depth(depth, self.size, valid=valid)
             return d[None], m
         if name == "normal":
-            rgb = read_rgb_png(path)
+            rgb = raw
             valid = torch.from_numpy(~np.all(rgb == np.array(NORMAL_MISSING, np.uint8), axis=-1))
             n = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) * (2.0 / 255.0) - 1.0)  # (3, H, W)
             length = n.norm(dim=0)
@@ -258,11 +265,10 @@ class TaskonomyDataset(RealDataset):
             n = n / length.clamp_min(1e-6)
             return resize_normals(n, self.size, valid=valid)
         if name == "edge":
-            raw = read_gray_png(path, bit_depths=(16,))
             e, m = resize_continuous(torch.from_numpy(raw.astype(np.float32) / 65535.0), self.size)
             return e[None], m
         if name == "curvature":
-            rgb = read_rgb_png(path)
+            rgb = raw
             valid = torch.from_numpy(rgb.any(axis=-1))
             k = torch.from_numpy(rgb[..., :2].transpose(2, 0, 1).astype(np.float32) * (2.0 / 254.0) - 1.0)
             return resize_continuous(k, self.size, valid=valid)
@@ -281,7 +287,8 @@ class TaskonomyDataset(RealDataset):
                 semantic = self._semantic(index, rgb_size)
                 labels[name], masks[name] = semantic, semantic != 0
             else:
-                labels[name], masks[name] = self._decode_label(name, files[name])
+                raw = self._read_label(name, files[name], files["rgb"], rgb_size)
+                labels[name], masks[name] = self._decode_label(name, raw)
         regions = torch.from_numpy(self.derived(index)["regions"]).long()
         building, point, view_id = view
         sample = {

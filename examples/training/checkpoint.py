@@ -5,14 +5,20 @@ states, the step and the run's configuration (as JSON in the safetensors metadat
 is unpickled on load. A file is written under a temporary name in the same folder and renamed
 into place, so a run killed mid-write leaves the previous checkpoint intact and never a partial
 ``step_*.safetensors``.
+
+The metadata also holds a SHA-256 digest of every tensor (its dtype, shape and bytes) and one of
+the metadata itself, checked on every load, so a file damaged on disk or in transfer is refused
+with the name of the file and of the damaged tensor instead of resuming from wrong numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +35,19 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_config",
     "latest_checkpoint",
+    "read_checkpoint_info",
+    "verify_checkpoint",
+    "find_resumable_checkpoint",
+    "set_aside",
+    "remove_stale_temporaries",
 ]
 
-FORMAT = "label-merge-checkpoint/1"
+FORMAT = "label-merge-checkpoint/2"  # /2 added the digests
+UNVERIFIABLE_FORMAT = "label-merge-checkpoint/1"  # still read, with a warning that nothing is checked
 NAME = re.compile(r"step_(\d+)\.safetensors$")
+# ".step_00000200.safetensors.12345.tmp": a checkpoint that process 12345 is writing.
+TEMPORARY = re.compile(r"^\.step_\d+\.safetensors\.(\d+)\.tmp$")
+SET_ASIDE_SUFFIX = ".corrupt"
 
 
 class CheckpointError(RuntimeError):
@@ -64,6 +79,20 @@ def _cpu_unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(t.data_ptr())
         out[key] = t
     return out
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a CPU tensor's dtype, shape and bytes, as hex."""
+    h = hashlib.sha256(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    flat = tensor.detach().cpu().contiguous().reshape(-1)  # (numel,)
+    h.update(memoryview(flat.view(torch.uint8).numpy()))  # (numel * itemsize,) raw bytes, any dtype
+    return h.hexdigest()
+
+
+def _metadata_digest(meta: Mapping[str, str]) -> str:
+    """SHA-256 of every metadata entry but this digest (which covers the tensor digests too)."""
+    body = {k: v for k, v in meta.items() if k != "metadata_digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -147,11 +176,19 @@ def save_checkpoint(
     for name, optimizer in optimizers.items():
         extra, optim_meta[name] = _optimizer_tensors(name, optimizer)
         tensors.update(extra)
-    meta.update(format=FORMAT, step=str(step), config=json.dumps(dict(config)), optimizers=json.dumps(optim_meta))
+    tensors = _cpu_unshared(tensors)
+    meta.update(
+        format=FORMAT,
+        step=str(step),
+        config=json.dumps(dict(config)),
+        optimizers=json.dumps(optim_meta),
+        digests=json.dumps({key: tensor_digest(t) for key, t in tensors.items()}),
+    )
+    meta["metadata_digest"] = _metadata_digest(meta)
     final = folder / f"step_{step:08d}.safetensors"
-    temporary = folder / f".{final.name}.{os.getpid()}.tmp"
+    temporary = folder / f".{final.name}.{os.getpid()}.tmp"  # the name TEMPORARY matches
     try:
-        save_file(_cpu_unshared(tensors), str(temporary), metadata=meta)
+        save_file(tensors, str(temporary), metadata=meta)
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, final)  # atomic on POSIX and Windows
@@ -201,15 +238,12 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: No such file.
-        CheckpointError: The file is not a readable label-merge checkpoint, or its contents
-            do not fit the given modules (the message names the file and the mismatch).
+        CheckpointError: The file is not a readable label-merge checkpoint, a tensor or the
+            metadata does not match its stored digest (the file is damaged), or its contents do
+            not fit the given modules. The message names the file and the tensor or mismatch.
     """
     path = Path(path)
-    meta = _read_metadata(path)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    meta, tensors = _read_verified(path)
     for name, module in modules.items():
         prefix = f"model/{name}/"
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -230,7 +264,7 @@ def load_checkpoint(
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
-    """The metadata of a label-merge checkpoint file, checked."""
+    """The metadata of a label-merge checkpoint file, checked against its digest."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
@@ -238,9 +272,155 @@ def _read_metadata(path: Path) -> dict[str, str]:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if meta.get("format") != FORMAT:
+    if meta.get("format") == UNVERIFIABLE_FORMAT:
+        warnings.warn(f"{path} was written without digests, so it cannot be checked for damage", stacklevel=3)
+    elif meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a label-merge checkpoint (format {meta.get('format')!r})")
+    elif meta.get("metadata_digest") != _metadata_digest(meta):
+        raise CheckpointError(f"{path}: the metadata (configuration, step, digests) does not match its digest")
+    for key in ("step", "config", "optimizers"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: the metadata lacks {key!r}")
     return meta
+
+
+def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and every tensor of a checkpoint, each checked against its digest."""
+    meta = _read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if meta["format"] == UNVERIFIABLE_FORMAT:
+        return meta, tensors
+    digests = json.loads(meta["digests"])
+    if set(digests) != set(tensors):
+        missing, extra = sorted(set(digests) - set(tensors)), sorted(set(tensors) - set(digests))
+        raise CheckpointError(f"{path}: tensors missing {missing} or unexpected {extra}")
+    for key, tensor in tensors.items():
+        if tensor_digest(tensor) != digests[key]:
+            raise CheckpointError(f"{path}: tensor {key!r} does not match its digest (the file is damaged)")
+    return meta, tensors
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> Checkpoint:
+    """The step and configuration of a checkpoint, from its metadata alone (no tensor is read).
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: Not a readable label-merge checkpoint, or damaged metadata.
+    """
+    path = Path(path)
+    meta = _read_metadata(path)
+    return Checkpoint(path=path, step=int(meta["step"]), config=json.loads(meta["config"]))
+
+
+def verify_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a whole checkpoint and check every digest, without restoring anything.
+
+    Returns:
+        The step and configuration stored in the file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: Not a readable label-merge checkpoint, or a tensor or the metadata
+            does not match its digest (the message names the file and the tensor).
+
+    Example:
+        >>> verify_checkpoint("runs/asap_tlam/checkpoints/step_00000400.safetensors").step  # doctest: +SKIP
+        400
+    """
+    path = Path(path)
+    meta, _ = _read_verified(path)
+    return Checkpoint(path=path, step=int(meta["step"]), config=json.loads(meta["config"]))
+
+
+def find_resumable_checkpoint(folder: str | os.PathLike) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest checkpoint in ``folder`` that reads and verifies, and those skipped on the way.
+
+    Newer files that fail to read or verify are skipped (never deleted), each with the reason.
+
+    Args:
+        folder: A run's ``checkpoints/`` folder.
+
+    Returns:
+        ``(checkpoint, skipped)``: the newest good checkpoint (None if there is none) and
+        ``[(path, reason)]`` for each newer file that was skipped, newest first.
+
+    Example:
+        >>> found, skipped = find_resumable_checkpoint("runs/asap_tlam/checkpoints")  # doctest: +SKIP
+        >>> found.step, [p.name for p, _ in skipped]  # doctest: +SKIP
+        (400, ['step_00000600.safetensors'])
+    """
+    folder = Path(folder)
+    skipped: list[tuple[Path, str]] = []
+    if not folder.is_dir():
+        return None, skipped
+    for _, path in sorted(_checkpoints(folder), reverse=True):
+        try:
+            return verify_checkpoint(path), skipped
+        except (CheckpointError, OSError) as err:
+            skipped.append((path, str(err)))
+    return None, skipped
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a damaged checkpoint so that no run resumes from, overwrites or prunes it.
+
+    ``step_00000600.safetensors`` becomes ``step_00000600.safetensors.corrupt`` (or
+    ``.corrupt.1``, ... if that exists), which keeps it for inspection.
+
+    Returns:
+        The new path.
+    """
+    path = Path(path)
+    target = path.with_name(path.name + SET_ASIDE_SUFFIX)
+    count = 0
+    while target.exists():
+        count += 1
+        target = path.with_name(f"{path.name}{SET_ASIDE_SUFFIX}.{count}")
+    os.replace(path, target)
+    return target
+
+
+def _process_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine; True when that cannot be told."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    if pid == os.getpid():
+        return False  # this process writes no checkpoint while a run starts
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left in a checkpoint folder.
+
+    A writer killed during :func:`save_checkpoint` (``kill -9``, a lost node) leaves its
+    ``.step_*.safetensors.PID.tmp`` behind. Those of processes that no longer run are removed;
+    those of live processes (a save in progress) are kept.
+
+    Args:
+        folder: A run's ``checkpoints/`` folder (missing is fine).
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = TEMPORARY.match(path.name)
+        if match and not _process_is_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def load_checkpoint_config(path: str | os.PathLike) -> dict:

@@ -7,9 +7,19 @@ so ``--resume`` rebuilds exactly the same models and data.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "RunConfig", "PRESETS", "parse_args"]
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "RunConfig",
+    "PRESETS",
+    "parse_args",
+    "check_config",
+]
 
 DATASETS = ("synthetic", "taskonomy", "cityscapes", "nyu")
 MERGERS = ("tlam", "clam", "naive", "semantic")
@@ -170,6 +180,146 @@ _FIELD_FLAGS = {
 }
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: an int or a finite float in an interval."""
+
+    kind: type  # int or float
+    low: float
+    high: float = math.inf
+    low_open: bool = False  # ``low`` itself is excluded
+    high_open: bool = False  # ``high`` itself is excluded
+
+    def describe(self) -> str:
+        """E.g. ``an integer >= 1`` or ``a number in [0, 1)``."""
+        what = "an integer" if self.kind is int else "a number"
+        low, high = (
+            (int(self.low), int(self.high)) if self.kind is int and self.high < math.inf else (self.low, self.high)
+        )
+        if high == math.inf:
+            return f"{what} {'>' if self.low_open else '>='} {low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{what} in {left}{low}, {high}{right}"
+
+    def admits(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+_COUNT = Bounds(int, 1)
+_FLOOR0 = Bounds(int, 0)
+_WEIGHT = Bounds(float, 0)
+_RATE = Bounds(float, 0, low_open=True)
+
+# Every numeric setting, by (section, field), with its bounds. Loops with an interval of 0
+# would divide by zero, and 0 steps would train nothing, so both are refused.
+NUMERIC_BOUNDS: dict[tuple[str, str], Bounds] = {
+    ("data", "resolution"): _COUNT,
+    ("data", "train_samples"): _COUNT,
+    ("data", "val_samples"): _COUNT,
+    ("data", "workers"): _FLOOR0,
+    ("model", "dim"): _COUNT,
+    ("model", "depth"): _FLOOR0,
+    ("model", "heads"): _COUNT,
+    ("model", "asap_lr_width"): _COUNT,
+    ("model", "asap_lr_max_width"): _COUNT,
+    ("model", "asap_lr_depth"): _COUNT,
+    ("model", "asap_hr_width"): _COUNT,
+    ("model", "asap_hr_depth"): _COUNT,
+    ("model", "spade_ngf"): _COUNT,
+    ("model", "ndf"): _COUNT,
+    ("model", "num_d"): _COUNT,
+    ("model", "n_layers_d"): _COUNT,
+    ("optim", "lr_g"): _RATE,
+    ("optim", "lr_d"): _RATE,
+    ("optim", "betas"): Bounds(float, 0, 1, high_open=True),  # each of the two
+    ("optim", "lambda_feat"): _WEIGHT,
+    ("optim", "lambda_vgg"): _WEIGHT,
+    ("optim", "lambda_l1"): _WEIGHT,
+    ("train", "steps"): _COUNT,
+    ("train", "batch_size"): _COUNT,
+    ("train", "sparsity"): Bounds(float, 0, 1),
+    ("train", "seed"): Bounds(int, 0, 2**32 - 1),  # numpy's global generator takes 32 bits
+    ("train", "log_every"): _COUNT,
+    ("train", "sample_every"): _COUNT,
+    ("train", "checkpoint_every"): _COUNT,
+    ("train", "keep_checkpoints"): _COUNT,
+}
+
+_FLAG_OF = {where: flag for flag, where in _FIELD_FLAGS.items()}
+_CHOICES = {
+    ("data", "dataset"): DATASETS,
+    ("model", "merger"): MERGERS,
+    ("model", "generator"): GENERATORS,
+    ("model", "drop"): ("zero", "exclude"),
+    ("model", "asap_init"): ("hyper", "asap"),
+}
+
+
+def _setting_name(section: str, name: str) -> str:
+    """The flag that sets a field (``--log-every``), or ``section.field`` for one without a flag."""
+    flag = _FLAG_OF.get((section, name))
+    return f"--{flag.replace('_', '-')}" if flag else f"{section}.{name}"
+
+
+def check_config(config: RunConfig) -> None:
+    """Check every setting of a run before anything is built.
+
+    Args:
+        config: The run configuration.
+
+    Raises:
+        ValueError: A setting out of range or not a known choice; the message names its flag
+            (or ``section.field`` for a setting without one) and the allowed values.
+
+    Example:
+        >>> check_config(RunConfig(train=TrainConfig(log_every=0)))
+        Traceback (most recent call last):
+        ...
+        ValueError: --log-every must be an integer >= 1, got 0
+    """
+    for (section, name), bounds in NUMERIC_BOUNDS.items():
+        value = getattr(getattr(config, section), name)
+        values = value if name == "betas" else (value,)
+        if (name == "betas" and len(values) != 2) or not all(bounds.admits(v) for v in values):
+            each = " (each of two)" if name == "betas" else ""
+            raise ValueError(f"{_setting_name(section, name)} must be {bounds.describe()}{each}, got {value!r}")
+    for (section, name), allowed in _CHOICES.items():
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ValueError(f"{_setting_name(section, name)} must be one of {list(allowed)}, got {value!r}")
+    m = config.model
+    if m.merger == "tlam" and m.dim % m.heads:
+        raise ValueError(f"--dim {m.dim} must be divisible by --heads {m.heads} (TLAM splits the width across heads)")
+
+
+def _parsed(bounds: Bounds):
+    """An argparse ``type`` that reads a number and checks it against ``bounds``."""
+
+    def parse(text: str):
+        try:
+            value = bounds.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {bounds.describe()}, got {text!r}") from None
+        if not bounds.admits(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds.describe()}, got {text}")
+        return value
+
+    return parse
+
+
+def _type(flag: str):
+    """The argparse ``type`` of a numeric flag."""
+    return _parsed(NUMERIC_BOUNDS[_FIELD_FLAGS[flag]])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_asap_tlam.py",
@@ -178,42 +328,44 @@ def build_parser() -> argparse.ArgumentParser:
         "processes or machines.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="starting configuration")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), help="starting configuration (demo when not given; not with --resume)"
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="dataset (default: synthetic)")
     g.add_argument("--data-root", help="folder of a real dataset in its original layout")
-    g.add_argument("--resolution", type=int, help="image height in pixels")
+    g.add_argument("--resolution", type=_type("resolution"), help="image height in pixels")
     g.add_argument("--labels", nargs="+", help="labels to condition on (default: all the dataset has)")
-    g.add_argument("--train-samples", type=int, help="synthetic training set size")
-    g.add_argument("--val-samples", type=int, help="synthetic held-out samples")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--train-samples", type=_type("train_samples"), help="synthetic training set size")
+    g.add_argument("--val-samples", type=_type("val_samples"), help="synthetic held-out samples")
+    g.add_argument("--workers", type=_type("workers"), help="DataLoader worker processes")
     g = p.add_argument_group("model")
     g.add_argument("--merger", choices=MERGERS, help="label merger (semantic: one-hot semantics only)")
     g.add_argument("--generator", choices=GENERATORS, help="generator backbone")
-    g.add_argument("--dim", type=int, help="concept width")
-    g.add_argument("--depth", type=int, help="merger depth")
-    g.add_argument("--heads", type=int, help="TLAM attention heads")
+    g.add_argument("--dim", type=_type("dim"), help="concept width")
+    g.add_argument("--depth", type=_type("depth"), help="merger depth")
+    g.add_argument("--heads", type=_type("heads"), help="TLAM attention heads")
     g.add_argument("--drop", choices=("zero", "exclude"), help="how missing labels are dropped")
     g.add_argument("--asap-init", choices=("hyper", "asap"), help="ASAP-Net initialisation (see docs/training.md)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr-g", type=float, help="generator (and merger) learning rate")
-    g.add_argument("--lr-d", type=float, help="discriminator learning rate")
-    g.add_argument("--betas", type=float, nargs=2, help="Adam betas (SPADE's code: 0 0.9)")
-    g.add_argument("--lambda-feat", type=float, help="feature matching weight")
-    g.add_argument("--lambda-vgg", type=float, help="VGG19 perceptual loss weight")
-    g.add_argument("--lambda-l1", type=float, help="pixel L1 loss weight")
+    g.add_argument("--lr-g", type=_type("lr_g"), help="generator (and merger) learning rate")
+    g.add_argument("--lr-d", type=_type("lr_d"), help="discriminator learning rate")
+    g.add_argument("--betas", type=_type("betas"), nargs=2, help="Adam betas (SPADE's code: 0 0.9)")
+    g.add_argument("--lambda-feat", type=_type("lambda_feat"), help="feature matching weight")
+    g.add_argument("--lambda-vgg", type=_type("lambda_vgg"), help="VGG19 perceptual loss weight")
+    g.add_argument("--lambda-l1", type=_type("lambda_l1"), help="pixel L1 loss weight")
     g.add_argument("--vgg-weights", help="torchvision VGG19 state dict (.pth); else $LABEL_MERGE_VGG19")
     g = p.add_argument_group("run")
-    g.add_argument("--steps", type=int, help="training steps (generator + discriminator updates)")
-    g.add_argument("--batch-size", type=int, help="global batch size, split across processes")
-    g.add_argument("--sparsity", type=float, help="region dropout probability S in [0, 1]")
-    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--steps", type=_type("steps"), help="training steps (generator + discriminator updates)")
+    g.add_argument("--batch-size", type=_type("batch_size"), help="global batch size, split across processes")
+    g.add_argument("--sparsity", type=_type("sparsity"), help="region dropout probability S in [0, 1]")
+    g.add_argument("--seed", type=_type("seed"), help="random seed")
     g.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--out", help="output folder (checkpoints, samples, logs)")
-    g.add_argument("--log-every", type=int, help="steps between log lines")
-    g.add_argument("--sample-every", type=int, help="steps between sample grids")
-    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    g.add_argument("--log-every", type=_type("log_every"), help="steps between log lines")
+    g.add_argument("--sample-every", type=_type("sample_every"), help="steps between sample grids")
+    g.add_argument("--checkpoint-every", type=_type("checkpoint_every"), help="steps between checkpoints")
     g.add_argument(
         "--resume",
         nargs="?",
@@ -223,10 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DEFAULT_PRESET = "demo"
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
-    """Parse the command line into a :class:`RunConfig` (preset, then the flags given)."""
-    args = build_parser().parse_args(argv)
-    return apply_flags(PRESETS[args.preset], args), args
+    """Parse the command line into a :class:`RunConfig` (preset, then the flags given).
+
+    Every numeric flag is checked here, so a bad value stops the program (exit status 2) with a
+    message that names the flag before anything is built.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = apply_flags(PRESETS[args.preset or DEFAULT_PRESET], args)
+    if args.resume is None:  # a resumed run applies the flags to its saved configuration instead
+        try:
+            check_config(config)
+        except ValueError as err:  # a combination of flags, e.g. --dim and --heads
+            parser.error(str(err))
+    return config, args
 
 
 def apply_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:

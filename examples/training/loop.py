@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,14 +39,19 @@ from examples.losses import (
     hinge_loss_g,
 )
 from examples.training.builders import build_datasets, build_networks, label_specs_of, specs_to_dict
-from examples.training.checkpoint import load_checkpoint, save_checkpoint
-from examples.training.config import RunConfig
+from examples.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from examples.training.config import RunConfig, check_config
 from examples.training.data import ResumableSampler
 from examples.training.distributed import DistInfo, pick_device
+from examples.training.run_files import ensure_writable, trim_metrics_log
 from label_merge.sparsity import region_dropout
 from label_merge.viz import concept_to_rgb
 
-__all__ = ["Trainer", "split_outputs", "to_device"]
+__all__ = ["Trainer", "split_outputs", "to_device", "seed_everything", "step_generator"]
+
+# Independent random streams drawn per (seed, step, rank): see step_generator.
+REGION_DROPOUT_STREAM = 0
+DATA_LOADER_STREAM = 1
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -67,10 +74,30 @@ def split_outputs(outputs: list[list[torch.Tensor]], first: int) -> tuple[list, 
     return a, b
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """A generator that depends only on (seed, step, rank): per-step randomness needs no state."""
-    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint64)
+def step_generator(seed: int, step: int, rank: int, stream: int = REGION_DROPOUT_STREAM) -> torch.Generator:
+    """A generator that depends only on (seed, step, rank, stream): per-step randomness needs no state.
+
+    Args:
+        seed: The run's seed.
+        step: The number of completed steps.
+        rank: This process's rank.
+        stream: Which use the numbers are for, so two uses at one step draw independent numbers.
+    """
+    entropy = [seed, step, rank] if stream == REGION_DROPOUT_STREAM else [seed, step, rank, stream]
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] % (2**63)))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global torch (CPU and CUDA), numpy and Python random number generators.
+
+    Every rank seeds them alike, and checkpoints save and restore them (rank 0's states, which
+    equal every rank's as long as the ranks draw alike); randomness that must differ between
+    ranks or that must not depend on the history of a run comes from :func:`step_generator`.
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 class Trainer:
@@ -91,6 +118,7 @@ class Trainer:
         resume: str | os.PathLike | None = None,
         progress: bool = True,
     ) -> None:
+        check_config(config)
         self.config = config
         self.dist = dist or DistInfo()
         t = config.train
@@ -98,12 +126,12 @@ class Trainer:
             raise ValueError(
                 f"--batch-size {t.batch_size} must be divisible by the number of processes ({self.dist.world_size})"
             )
-        if not 0.0 <= t.sparsity <= 1.0:
-            raise ValueError(f"--sparsity must be in [0, 1], got {t.sparsity}")
         self.device = pick_device(t.device, self.dist)
         self.out = Path(t.out)
+        if self.dist.is_main:  # before any heavy work: a read-only or full disk is found at once
+            ensure_writable(self.out)
         self.progress = progress and self.dist.is_main
-        torch.manual_seed(t.seed)
+        seed_everything(t.seed)
 
         self.train_set, self.val_set = build_datasets(config.data, seed=t.seed)
         self.specs = label_specs_of(self.train_set)
@@ -142,6 +170,9 @@ class Trainer:
             start=self.step * self.per_rank_batch,
         )
         workers = self.config.data.workers
+        # The loader draws its workers' base seed once, when iterated. From its own generator,
+        # it is a function of (seed, step, rank) and leaves the global RNG (saved in checkpoints) alone.
+        t = self.config.train
         return DataLoader(
             self.train_set,
             batch_size=self.per_rank_batch,
@@ -149,6 +180,7 @@ class Trainer:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+            generator=step_generator(t.seed, self.step, self.dist.rank, stream=DATA_LOADER_STREAM),
         )
 
     def _fixed_val_batch(self, count: int = 4) -> dict:
@@ -245,14 +277,18 @@ class Trainer:
             keep=self.config.train.keep_checkpoints,
         )
 
-    def _trim_log(self, log: Path) -> None:
-        """Drop log lines past the resumed step (a run killed after its last checkpoint)."""
-        if not log.exists():
-            return
-        lines = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-        temporary = log.with_suffix(".tmp")
-        temporary.write_text("".join(line + "\n" for line in lines))
-        os.replace(temporary, log)
+    def _prepare_out(self, log: Path) -> None:
+        """Rank 0, before the first step: the configuration, a consistent log, no stale temporaries."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        trim_metrics_log(log, self.step)
+        removed = remove_stale_temporaries(self.out / "checkpoints")
+        if removed:
+            warnings.warn(
+                f"removed {len(removed)} temporary checkpoint file(s) left by killed writers: "
+                + ", ".join(str(p) for p in removed),
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ the loop
 
@@ -263,9 +299,7 @@ class Trainer:
         writer = None
         log = self.out / "metrics.jsonl"
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            self._trim_log(log)
+            self._prepare_out(log)
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
