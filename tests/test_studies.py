@@ -136,7 +136,8 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
         "--sparsities",
         "0",
         "0.4",
-        "0.7",
+        "--removal-sparsity",
+        "0.4",
         "--work-dir",
         tmp_path / "work",
         "--cache-dir",
@@ -145,21 +146,21 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
         tmp_path / "results",
     )
     report = json.loads((tmp_path / "results" / "sensitivity_smoke.json").read_text())
-    assert [p["sparsity"] for p in report["sparsity"]] == [0.0, 0.4, 0.7]
+    assert [p["sparsity"] for p in report["sparsity"]] == [0.0, 0.4]
     labels = ["semantic", "depth", "normal", "edge", "curvature"]
     assert [b["removed"] for b in report["removal"]] == [None, *labels]
     for entry in report["sparsity"] + report["removal"]:
         assert finite(entry["summary"]["fid"]["mean"]) and finite(entry["summary"]["feature_distance"]["mean"])
     (model,) = report["models"]
     assert model["steps"] == [1, 2]  # measured at the checkpoints the quality study averages over
-    assert len(model["averaged"]["sparsity=0.5,without=edge"]["per_scene"]["psnr"]) == EVAL_SAMPLES
+    assert len(model["averaged"]["sparsity=0.4,without=edge"]["per_scene"]["psnr"]) == EVAL_SAMPLES
     cache = json.loads(
         (tmp_path / "work" / "smoke" / "asap-tlam-sparse" / "seed0" / "study_sensitivity.json").read_text()
     )
     (last, *_) = [c for c in cache["checkpoints"] if c.endswith("step_00000002.safetensors")]
-    assert cache["checkpoints"][last]["results"]["sparsity=0.5,without=edge"]["dropped_labels"] == ["edge"]
-    assert [c["b"] for c in report["sparsity_claims"]] == ["sparsity=0.4", "sparsity=0.7"]
-    assert [c["b"] for c in report["removal_claims"]] == [f"sparsity=0.5,without={name}" for name in labels]
+    assert cache["checkpoints"][last]["results"]["sparsity=0.4,without=edge"]["dropped_labels"] == ["edge"]
+    assert [c["b"] for c in report["sparsity_claims"]] == ["sparsity=0.4"]
+    assert [c["b"] for c in report["removal_claims"]] == [f"sparsity=0.4,without={name}" for name in labels]
     assert report["own_label_metrics"] == {}  # filled once a per-label scene scorer is plugged in
     assert "## Comparisons" in (tmp_path / "results" / "sensitivity_smoke.md").read_text()
     for suffix in ("sparsity", "removal"):
