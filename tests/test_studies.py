@@ -6,6 +6,7 @@ temporary folders. One quality run is shared by the tests that need a trained ch
 
 import doctest
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -587,3 +588,17 @@ def test_measurements_of_another_protocol_are_refused(quality):
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"examples.studies.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_sensitivity_reads_each_removed_labels_own_metrics():
+    spec = importlib.util.spec_from_file_location("sensitivity_script", ROOT / "benchmarks" / "sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    rng = np.random.default_rng(3)
+    reference = [{"set": {}, "per_scene": {"depth.rmse": rng.random(20).tolist(), "edge.f1": [0.5] * 20}}]
+    without_depth = [{"set": {}, "per_scene": {**reference[0]["per_scene"], "depth.rmse": [2.0] * 20}}]
+    models = [{"averaged": {"all": r, "no depth": w}} for r, w in zip(reference, without_depth, strict=True)]
+    claim = sensitivity._comparison(models, "removing depth hurts", "all", "no depth")
+    own = sensitivity.own_label_metrics([claim], ["depth"])
+    assert [check["metric"] for check in own["depth"]] == ["depth.rmse"]  # not edge's metric
+    assert own["depth"][0]["difference"] < 0 and own["depth"][0]["low"] < 0  # removal raised the error
