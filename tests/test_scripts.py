@@ -18,6 +18,8 @@ SCRIPTS = [
     "benchmarks/bench_merger.py",
     "benchmarks/bench_synthetic.py",
     "benchmarks/kernel_resources.py",
+    "benchmarks/label_balance.py",
+    "benchmarks/merger_probe.py",
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",
     "docs/scripts/render_synthetic_figure.py",

@@ -24,14 +24,14 @@ from torch.utils.data import Dataset
 
 from label_merge import LabelSpec
 
-from .procedural import CLASS_NAMES, SceneConfig, render_scene, sample_scene
+from .procedural import APPEARANCES, CLASS_NAMES, SceneConfig, render_scene, sample_scene
 
 __all__ = ["LABEL_NAMES", "SyntheticDataset"]
 
 LABEL_NAMES = ("semantic", "depth", "normal", "edge", "curvature")
 """All labels, in the order of :attr:`SyntheticDataset.label_specs`."""
 
-_CACHE_FORMAT = 1  # bump when the rendered content changes, so old caches are not reused
+_CACHE_FORMAT = 2  # bump when the rendered content changes, so old caches are not reused
 _ARRAY_KEYS = (
     "image",
     "semantic",
@@ -135,6 +135,12 @@ class SyntheticDataset(Dataset):
         supersample: Image rays per pixel along each axis (anti-aliasing); labels always use one
             ray through the pixel centre.
         scene_config: Ranges of the random scenes (room size, object and light counts, camera).
+        appearance: How scenes look: ``"labelled"`` (colours from a small palette per class,
+            class- and curvature-dependent patterns, a key light near the camera; the look
+            follows the labels, as in photographs) or ``"random"`` (a random hue and pattern per
+            object and surface, random lights, ambient light, fog and exposure per scene). The
+            geometric labels of sample ``i`` are the same under both (texture edges follow the
+            materials).
         cache_dir: If given, rendered samples are stored there as ``.npz`` files (one per sample,
             in a sub-folder named after the settings) and read back instead of rendering again.
 
@@ -163,6 +169,7 @@ class SyntheticDataset(Dataset):
         depth_holes: bool = True,
         supersample: int = 2,
         scene_config: SceneConfig | None = None,
+        appearance: str = "labelled",
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.num_samples = _check_positive_int("num_samples", num_samples)
@@ -179,6 +186,9 @@ class SyntheticDataset(Dataset):
         if scene_config is not None and not isinstance(scene_config, SceneConfig):
             raise TypeError(f"scene_config must be a SceneConfig or None, got {type(scene_config).__name__}")
         self.scene_config = SceneConfig() if scene_config is None else scene_config
+        if appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {sorted(APPEARANCES)}, got {appearance!r}")
+        self.appearance = appearance
         self.cache_dir = None if cache_dir is None else Path(cache_dir) / f"synthetic-{self._settings_key()}"
 
     @property
@@ -203,7 +213,7 @@ class SyntheticDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"SyntheticDataset(num_samples={self.num_samples}, resolution=({self.height}, {self.width}), "
-            f"seed={self.seed}, labels={list(self.labels)})"
+            f"seed={self.seed}, labels={list(self.labels)}, appearance={self.appearance!r})"
         )
 
     def __getitem__(self, index) -> dict:
@@ -229,7 +239,7 @@ class SyntheticDataset(Dataset):
             ``camera_to_world`` (4, 4), ``num_objects`` and ``num_lights`` (0-d).
         """
         scene_seed, holes_seed = np.random.SeedSequence([self.seed, index]).spawn(2)
-        scene = sample_scene(np.random.default_rng(scene_seed), self.scene_config)
+        scene = sample_scene(np.random.default_rng(scene_seed), self.scene_config, self.appearance)
         out = render_scene(scene, self.height, self.width, supersample=self.supersample)
         surface = out.has_surface
         depth_valid = surface & (out.depth <= self.max_depth)
@@ -289,6 +299,7 @@ class SyntheticDataset(Dataset):
             self.depth_holes,
             self.supersample,
             dataclasses.astuple(self.scene_config),
+            self.appearance,
         )
         return hashlib.sha1(repr(settings).encode()).hexdigest()[:12]
 

@@ -2,23 +2,28 @@
 
 The building blocks of :class:`examples.datasets.SyntheticDataset`: :mod:`.geometry`
 (primitives and their exact normals and curvatures), :mod:`.materials` (procedural textures),
-:mod:`.scene` (the scene description), :mod:`.sampling` (random scenes), :mod:`.edges` (the edge
-label) and :mod:`.render` (ray casting, shading and labels).
+:mod:`.scene` (the scene description), :mod:`.sampling` (random layouts and scenes),
+:mod:`.appearance` (their materials and lights), :mod:`.edges` (the edge label), :mod:`.render`
+(ray casting, shading and labels) and :mod:`.predictability` (how much of the image the labels
+predict).
 """
 
+from .appearance import APPEARANCES
 from .geometry import ROOM_FACES, Box, Cylinder, Room, Sphere
 from .materials import PATTERNS, Material
 from .render import RenderedScene, cast_rays, render_scene
-from .sampling import SceneConfig, sample_scene
+from .sampling import Layout, SceneConfig, sample_layout, sample_scene
 from .scene import CLASS_IDS, CLASS_NAMES, Camera, Decal, Light, Scene, SceneObject
 
 __all__ = [
+    "APPEARANCES",
     "Box",
     "CLASS_IDS",
     "CLASS_NAMES",
     "Camera",
     "Cylinder",
     "Decal",
+    "Layout",
     "Light",
     "Material",
     "PATTERNS",
@@ -31,5 +36,6 @@ __all__ = [
     "Sphere",
     "cast_rays",
     "render_scene",
+    "sample_layout",
     "sample_scene",
 ]

@@ -39,6 +39,9 @@ class Material:
         grain: Amplitude of a multiplicative smooth noise on top of the pattern (0 = none).
         noise_freq: ``(K, 2)`` spatial frequencies of the noise, cycles per metre.
         noise_phase: ``(K,)`` phases of the noise, radians.
+        curvature_smoothing: A length in metres; the pattern's contrast is scaled by
+            ``exp(-curvature_smoothing * H)`` where ``H`` is the mean curvature of the surface
+            point, so strongly curved parts of an object look plain (0 = no effect).
     """
 
     color: np.ndarray
@@ -49,23 +52,28 @@ class Material:
     grain: float = 0.0
     noise_freq: np.ndarray = field(default_factory=lambda: np.zeros((1, 2)))
     noise_phase: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    curvature_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale!r}")
+        if not self.curvature_smoothing >= 0:
+            raise ValueError(f"curvature_smoothing must be >= 0, got {self.curvature_smoothing!r}")
 
     def _noise(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Smooth noise in [-1, 1]: a normalised sum of plane waves."""
         phase = 2 * np.pi * (self.noise_freq[:, :1] * u + self.noise_freq[:, 1:] * v) + self.noise_phase[:, None]
         return np.sin(phase).mean(axis=0)  # (K, N) -> (N,)
 
-    def albedo(self, uv: np.ndarray) -> np.ndarray:
+    def albedo(self, uv: np.ndarray, mean_curvature: np.ndarray | None = None) -> np.ndarray:
         """Albedo at surface coordinates.
 
         Args:
             uv: ``(2, N)`` surface coordinates in metres.
+            mean_curvature: ``(N,)`` mean curvature ``(k1 + k2) / 2`` in 1/m at the points
+                (only used with ``curvature_smoothing``; None counts as flat).
 
         Returns:
             ``(3, N)`` albedo in [0.02, 0.95].
@@ -93,6 +101,8 @@ class Material:
             mix = np.where(grout, 1.0, mix)
         else:  # noise
             mix = 0.5 + 0.5 * self._noise(u * self.scale, v * self.scale)
+        if self.curvature_smoothing and mean_curvature is not None:
+            mix = mix * np.exp(-self.curvature_smoothing * mean_curvature)
         albedo = self.color[:, None] * (1 - mix) + self.accent[:, None] * mix
         if self.grain:
             shade = shade * (1 + self.grain * self._noise(uv[0], uv[1]))

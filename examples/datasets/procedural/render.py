@@ -141,7 +141,8 @@ def _albedo(scene: Scene, hits: Hits) -> np.ndarray:
         if m < 0:
             continue
         idx = np.flatnonzero(hits.material == m)
-        albedo[:, idx] = scene.materials[m].albedo(hits.uv[:, idx])
+        mean_curvature = hits.curvature[:, idx].mean(axis=0)
+        albedo[:, idx] = scene.materials[m].albedo(hits.uv[:, idx], mean_curvature)
     return albedo
 
 

@@ -3,20 +3,23 @@
 Every random choice comes from the ``numpy.random.Generator`` that is passed in, so a scene is a
 deterministic function of the generator's seed. Objects rest on the floor (or on top of a box),
 never overlap each other, and keep clear of the camera.
+
+A scene is drawn in two independent parts: the :class:`Layout` (room, camera, object shapes,
+decal rectangles: everything the labels depend on) from the generator itself, then its look
+(materials, lights, exposure) from a child generator, by one of the :data:`.appearance.APPEARANCES`.
+So the same seed gives the same layout, hence the same labels, under every appearance.
 """
 
 from __future__ import annotations
 
-import colorsys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from .geometry import Box, Cylinder, Room, Sphere
-from .materials import Material
-from .scene import Camera, Decal, Light, Scene, SceneObject
+from .scene import Camera, Decal, Scene
 
-__all__ = ["SceneConfig", "sample_scene"]
+__all__ = ["Layout", "SceneConfig", "sample_layout", "sample_scene"]
 
 _WALL_FACES = (2, 3, 4, 5)
 _CAMERA_CLEARANCE = 0.6  # metres between the camera and any object's footprint
@@ -71,91 +74,35 @@ class SceneConfig:
             raise ValueError(f"camera_height {self.camera_height} must stay 0.3 m clear of floor and ceiling")
 
 
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
+@dataclass(frozen=True)
+class PlacedObject:
+    """An object shape of a :class:`Layout`; ``stacked`` is True when it stands on a box."""
+
+    shape: Sphere | Box | Cylinder
+    stacked: bool = False
 
 
-class _Builder:
-    """Accumulates materials, objects and decals while a scene is drawn."""
+@dataclass
+class Layout:
+    """The geometry of a scene before it gets a look: what every label depends on.
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.materials: list[Material] = []
-        self.objects: list[SceneObject] = []
-        self.footprints: list[tuple[np.ndarray, float]] = []  # (xy centre, radius) on the floor
-        self.decals: list[Decal] = []
+    Attributes:
+        room: The room.
+        camera: The camera.
+        objects: The object shapes, in scene order.
+        decals: Rugs, paintings and windows (``material`` still unset, -1).
+    """
 
-    def material(self, color, accent, pattern="solid", scale=0.5, angle=0.0, grain=0.0) -> int:
-        rng = self.rng
-        k = 3
-        direction = rng.uniform(0, 2 * np.pi, k)
-        magnitude = rng.uniform(0.4, 3.0, k)  # cycles per metre
-        freq = np.stack([np.cos(direction), np.sin(direction)], axis=1) * magnitude[:, None]
-        self.materials.append(
-            Material(
-                color=np.clip(color, 0.02, 0.95),
-                accent=np.clip(accent, 0.02, 0.95),
-                pattern=pattern,
-                scale=scale,
-                angle=angle,
-                grain=grain,
-                noise_freq=freq,
-                noise_phase=rng.uniform(0, 2 * np.pi, k),
-            )
-        )
-        return len(self.materials) - 1
+    room: Room
+    camera: Camera
+    objects: list[PlacedObject] = field(default_factory=list)
+    decals: list[Decal] = field(default_factory=list)
+    footprints: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (xy centre, radius)
 
 
-def _floor_material(b: _Builder) -> int:
-    rng = b.rng
-    kind = rng.choice(["planks", "tiles", "checker", "carpet"], p=[0.35, 0.25, 0.15, 0.25])
-    if kind == "planks":
-        wood = _hsv(rng.uniform(0.05, 0.11), rng.uniform(0.4, 0.7), rng.uniform(0.35, 0.75))
-        return b.material(wood, wood * rng.uniform(0.5, 0.8), "planks", rng.uniform(0.12, 0.25), grain=0.15)
-    if kind == "tiles":
-        tile = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.3), rng.uniform(0.5, 0.9))
-        return b.material(tile, tile * 0.55, "tiles", rng.uniform(0.3, 0.6), grain=0.05)
-    if kind == "checker":
-        light, dark = rng.uniform(0.75, 0.9), rng.uniform(0.08, 0.3)
-        hue = rng.uniform(0, 1)
-        return b.material(_hsv(hue, 0.1, light), _hsv(hue, 0.2, dark), "checker", rng.uniform(0.3, 0.6))
-    pile = _hsv(rng.uniform(0, 1), rng.uniform(0.1, 0.6), rng.uniform(0.25, 0.7))
-    return b.material(pile, pile * 0.75, "noise", 1.0, grain=0.1)
-
-
-def _wall_material(b: _Builder) -> int:
-    rng = b.rng
-    paint = _hsv(rng.uniform(0, 1), rng.uniform(0.02, 0.35), rng.uniform(0.6, 0.95))
-    kind = rng.choice(["solid", "stripes", "noise"], p=[0.6, 0.2, 0.2])
-    if kind == "stripes":
-        accent = _hsv(rng.uniform(0, 1), rng.uniform(0.1, 0.5), rng.uniform(0.5, 0.9))
-        return b.material(paint, accent, "stripes", rng.uniform(0.15, 0.4), grain=0.03)
-    if kind == "noise":
-        return b.material(paint, paint * rng.uniform(0.7, 0.9), "noise", 1.0, grain=0.05)
-    return b.material(paint, paint, "solid", grain=0.04)
-
-
-def _ceiling_material(b: _Builder) -> int:
-    rng = b.rng
-    white = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.08), rng.uniform(0.8, 0.95))
-    if rng.random() < 0.3:
-        return b.material(white, white * 0.7, "tiles", 0.6)
-    return b.material(white, white, "solid", grain=0.02)
-
-
-def _object_material(b: _Builder, period: float) -> int:
-    """A random coloured material; ``period`` is a pattern size that fits the object."""
-    rng = b.rng
-    color = _hsv(rng.uniform(0, 1), rng.uniform(0.3, 0.9), rng.uniform(0.35, 0.95))
-    accent = _hsv(rng.uniform(0, 1), rng.uniform(0.2, 0.9), rng.uniform(0.2, 0.95))
-    kind = rng.choice(["solid", "checker", "stripes", "noise"], p=[0.4, 0.2, 0.2, 0.2])
-    angle = float(rng.choice([0.0, np.pi / 2]))
-    return b.material(color, accent, str(kind), period, angle=angle, grain=0.05)
-
-
-def _free_spot(b: _Builder, room: Room, camera: Camera, radius: float) -> np.ndarray | None:
+def _free_spot(rng: np.random.Generator, layout: Layout, radius: float) -> np.ndarray | None:
     """A floor point for a footprint of ``radius``: in view most of the time, clear of everything."""
-    rng = b.rng
+    room, camera = layout.room, layout.camera
     cam_xy = camera.position[:2]
     for _ in range(_MAX_TRIES):
         if rng.random() < 0.8:  # in front of the camera, within the field of view
@@ -169,15 +116,14 @@ def _free_spot(b: _Builder, room: Room, camera: Camera, radius: float) -> np.nda
             continue
         if np.linalg.norm(xy - cam_xy) < radius + _CAMERA_CLEARANCE:
             continue
-        if any(np.linalg.norm(xy - c) < radius + r + _OBJECT_GAP for c, r in b.footprints):
+        if any(np.linalg.norm(xy - c) < radius + r + _OBJECT_GAP for c, r in layout.footprints):
             continue
         return xy
     return None
 
 
-def _random_object(b: _Builder, room: Room, camera: Camera) -> Sphere | Box | Cylinder | None:
+def _random_object(rng: np.random.Generator, layout: Layout) -> Sphere | Box | Cylinder | None:
     """Place one object on the floor; return its shape, or None if no free spot was found."""
-    rng = b.rng
     kind = rng.choice(["sphere", "box", "cylinder", "lying_cylinder"], p=[0.28, 0.34, 0.24, 0.14])
     if kind == "sphere":
         r = rng.uniform(0.15, 0.5)
@@ -191,31 +137,26 @@ def _random_object(b: _Builder, room: Room, camera: Camera) -> Sphere | Box | Cy
     else:
         r, length = rng.uniform(0.1, 0.3), rng.uniform(0.6, 1.6)
         footprint = float(np.hypot(r, 0.5 * length))
-    xy = _free_spot(b, room, camera, footprint)
+    xy = _free_spot(rng, layout, footprint)
     if xy is None:
         return None
-    b.footprints.append((xy, footprint))
+    layout.footprints.append((xy, footprint))
     if kind == "sphere":
         shape = Sphere(np.array([*xy, r]), r)
-        period = 2 * np.pi * r / rng.choice([4, 6, 8])  # whole periods around the sphere
     elif kind == "box":
         shape = Box(np.array([*xy, half[2]]), half, yaw=rng.uniform(0, np.pi / 2))
-        period = rng.uniform(0.08, 0.3)
     elif kind == "cylinder":
         shape = Cylinder(np.array([*xy, 0.0]), np.array([0.0, 0.0, 1.0]), r, h)
-        period = 2 * np.pi * r / rng.choice([4, 6, 8])
     else:
         heading = rng.uniform(0, np.pi)
         axis = np.array([np.cos(heading), np.sin(heading), 0.0])
         shape = Cylinder(np.array([*xy, r]) - 0.5 * length * axis, axis, r, length)
-        period = 2 * np.pi * r / rng.choice([4, 6, 8])
-    b.objects.append(SceneObject(shape, _object_material(b, period)))
+    layout.objects.append(PlacedObject(shape))
     return shape
 
 
-def _stack_on(b: _Builder, base: Box) -> None:
+def _stack_on(rng: np.random.Generator, layout: Layout, base: Box) -> None:
     """Put a small sphere, box or upright cylinder on top of ``base``, inside its top face."""
-    rng = b.rng
     top = base.center[2] + base.half_size[2]
     room_above = 1.9 - top
     fit = 0.9 * min(base.half_size[0], base.half_size[1])  # radius that fits on the top face
@@ -226,26 +167,23 @@ def _stack_on(b: _Builder, base: Box) -> None:
     if kind == "sphere":
         r = rng.uniform(0.1, min(fit, 0.5 * room_above, 0.35))
         shape = Sphere(np.array([*xy, top + r]), r)
-        period = 2 * np.pi * r / rng.choice([4, 6, 8])
     elif kind == "box":
         half_xy = rng.uniform(0.07, fit / np.sqrt(2), 2)
         half = np.array([*half_xy, 0.5 * rng.uniform(0.1, min(room_above, 0.6))])
         shape = Box(np.array([*xy, top + half[2]]), half, yaw=rng.uniform(0, np.pi / 2))
-        period = rng.uniform(0.05, 0.15)
     else:
         r = rng.uniform(0.05, min(fit, 0.25))
         shape = Cylinder(np.array([*xy, top]), np.array([0.0, 0.0, 1.0]), r, rng.uniform(0.1, min(room_above, 0.6)))
-        period = 2 * np.pi * r / rng.choice([4, 6, 8])
-    b.objects.append(SceneObject(shape, _object_material(b, period)))
+    layout.objects.append(PlacedObject(shape, stacked=True))
 
 
 def _wall_length(room: Room, face: int) -> float:
     return float(room.size[1] if face in (2, 3) else room.size[0])
 
 
-def _wall_decals(b: _Builder, room: Room, config: SceneConfig) -> None:
+def _wall_decals(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> None:
     """Windows and paintings, never overlapping on the same wall."""
-    rng = b.rng
+    room = layout.room
     taken: dict[int, list[tuple[float, float]]] = {f: [] for f in _WALL_FACES}
     height = float(room.size[2])
     wishes = ["window"] * int(rng.integers(0, config.max_windows + 1))
@@ -254,14 +192,9 @@ def _wall_decals(b: _Builder, room: Room, config: SceneConfig) -> None:
         if kind == "window":
             w, h = rng.uniform(0.8, 1.8), rng.uniform(0.9, min(1.5, height - 1.2))
             bottom = rng.uniform(0.7, height - h - 0.3)
-            material = -1
         else:
             w, h = rng.uniform(0.4, 1.3), rng.uniform(0.3, 0.9)
             bottom = rng.uniform(max(0.8, 1.2 - 0.5 * h), height - h - 0.3)
-            color = _hsv(rng.uniform(0, 1), rng.uniform(0.4, 1.0), rng.uniform(0.4, 1.0))
-            accent = _hsv(rng.uniform(0, 1), rng.uniform(0.4, 1.0), rng.uniform(0.2, 0.9))
-            pattern = str(rng.choice(["stripes", "checker", "noise"]))
-            material = b.material(color, accent, pattern, rng.uniform(0.08, 0.3), rng.choice([0, np.pi / 2]), 0.1)
         for _ in range(_MAX_TRIES):
             face = int(rng.choice(_WALL_FACES))
             length = _wall_length(room, face)
@@ -271,23 +204,19 @@ def _wall_decals(b: _Builder, room: Room, config: SceneConfig) -> None:
             if all(u + w / 2 + 0.2 < lo or u - w / 2 - 0.2 > hi for lo, hi in taken[face]):
                 taken[face].append((u - w / 2, u + w / 2))
                 center, half = np.array([u, bottom + h / 2]), np.array([w / 2, h / 2])
-                b.decals.append(Decal(kind, face, center, half, material=material))
+                layout.decals.append(Decal(kind, face, center, half))
                 break
 
 
-def _rug(b: _Builder, room: Room) -> None:
-    rng = b.rng
+def _rug(rng: np.random.Generator, layout: Layout) -> None:
+    room = layout.room
     half = np.array([rng.uniform(0.5, 1.4), rng.uniform(0.4, 1.1)])
     reach = float(np.linalg.norm(half))
     if np.any(room.size[:2] < 2 * reach + 0.2):
         half *= 0.5
         reach *= 0.5
     center = rng.uniform(reach + 0.1, room.size[:2] - reach - 0.1)
-    color = _hsv(rng.uniform(0, 1), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
-    accent = _hsv(rng.uniform(0, 1), rng.uniform(0.2, 0.9), rng.uniform(0.15, 0.9))
-    pattern = str(rng.choice(["stripes", "checker", "noise"]))
-    material = b.material(color, accent, pattern, rng.uniform(0.1, 0.35), grain=0.1)
-    b.decals.append(Decal("rug", 0, center, half, angle=rng.uniform(-0.3, 0.3), material=material))
+    layout.decals.append(Decal("rug", 0, center, half, angle=rng.uniform(-0.3, 0.3)))
 
 
 def _camera(rng: np.random.Generator, room: Room, config: SceneConfig) -> Camera:
@@ -305,68 +234,58 @@ def _camera(rng: np.random.Generator, room: Room, config: SceneConfig) -> Camera
     return Camera(position, float(yaw), float(pitch), float(np.radians(rng.uniform(*config.hfov_deg))))
 
 
-def _lights(rng: np.random.Generator, room: Room, config: SceneConfig) -> tuple[Light, ...]:
-    count = int(rng.integers(config.num_lights[0], config.num_lights[1] + 1))
-    warm, cool = np.array([1.0, 0.78, 0.55]), np.array([0.75, 0.86, 1.0])
-    lights = []
-    for _ in range(count):
-        position = np.array([*rng.uniform(0.15, 0.85, 2) * room.size[:2], room.size[2] - rng.uniform(0.15, 0.4)])
-        mix = rng.uniform()
-        color = (warm * (1 - mix) + cool * mix) * rng.uniform(0.9, 1.1, 3)
-        lights.append(Light(position, color * rng.uniform(2.0, 5.0) / count))
-    return tuple(lights)
+def sample_layout(rng: np.random.Generator, config: SceneConfig | None = None) -> Layout:
+    """Draw a random room, camera, furniture-like objects and decals (no materials or lights).
+
+    Args:
+        rng: The source of randomness.
+        config: Parameter ranges; defaults to :class:`SceneConfig`.
+
+    Returns:
+        The :class:`Layout`.
+    """
+    config = SceneConfig() if config is None else config
+    room = Room(rng.uniform(config.room_size_min, config.room_size_max))
+    layout = Layout(room, _camera(rng, room, config))
+    target = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
+    for _ in range(_MAX_TRIES):
+        if len(layout.objects) >= target:
+            break
+        placed = _random_object(rng, layout)
+        if isinstance(placed, Box) and len(layout.objects) < target and rng.random() < config.stack_probability:
+            _stack_on(rng, layout, placed)
+    _wall_decals(rng, layout, config)
+    if rng.random() < config.rug_probability:
+        _rug(rng, layout)
+    return layout
 
 
-def sample_scene(rng: np.random.Generator, config: SceneConfig | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, config: SceneConfig | None = None, appearance: str = "labelled") -> Scene:
     """Draw a random room, camera, furniture-like objects, decals, materials and lights.
 
     Args:
         rng: The source of randomness (the scene is a deterministic function of its state).
         config: Parameter ranges; defaults to :class:`SceneConfig`.
+        appearance: How the scene looks, one of :data:`.appearance.APPEARANCES`: ``"labelled"``
+            (colours from the class, light near the camera) or ``"random"`` (random colours
+            and lights). The layout, hence every label, does not depend on it.
 
     Returns:
         A :class:`.scene.Scene`.
+
+    Raises:
+        ValueError: An unknown ``appearance``.
 
     Example:
         >>> scene = sample_scene(np.random.default_rng(0))
         >>> len(scene.room_materials)
         6
     """
+    from .appearance import APPEARANCES  # appearance imports this module's Layout
+
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {sorted(APPEARANCES)}, got {appearance!r}")
     config = SceneConfig() if config is None else config
-    room = Room(rng.uniform(config.room_size_min, config.room_size_max))
-    camera = _camera(rng, room, config)
-    b = _Builder(rng)
-    floor, ceiling, wall = _floor_material(b), _ceiling_material(b), _wall_material(b)
-    walls = [wall] * 4
-    if rng.random() < 0.3:  # an accent wall
-        walls[int(rng.integers(4))] = _wall_material(b)
-    room_materials = (floor, ceiling, *walls)
-
-    target = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
-    for _ in range(_MAX_TRIES):
-        if len(b.objects) >= target:
-            break
-        placed = _random_object(b, room, camera)
-        if isinstance(placed, Box) and len(b.objects) < target and rng.random() < config.stack_probability:
-            _stack_on(b, placed)
-    _wall_decals(b, room, config)
-    if rng.random() < config.rug_probability:
-        _rug(b, room)
-
-    ambient = rng.uniform(0.04, 0.2) * rng.uniform(0.9, 1.1, 3)
-    zenith = _hsv(rng.uniform(0.55, 0.65), rng.uniform(0.3, 0.7), rng.uniform(0.7, 1.0))
-    horizon = _hsv(rng.uniform(0.5, 0.65), rng.uniform(0.0, 0.2), rng.uniform(0.85, 1.0))
-    ground = _hsv(rng.uniform(0.1, 0.35), rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6))
-    return Scene(
-        room=room,
-        camera=camera,
-        materials=tuple(b.materials),
-        room_materials=room_materials,
-        objects=tuple(b.objects),
-        decals=tuple(b.decals),
-        lights=_lights(rng, room, config),
-        ambient=ambient,
-        sky=np.stack([zenith, horizon, ground]),
-        attenuation=float(rng.uniform(0.0, 0.12)),
-        exposure=float(rng.uniform(0.85, 1.15)),
-    )
+    look_rng = np.random.default_rng(int(rng.integers(2**63)))  # a separate stream for the look
+    layout = sample_layout(rng, config)
+    return APPEARANCES[appearance](look_rng, layout, config)
