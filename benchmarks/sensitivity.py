@@ -152,7 +152,7 @@ def measure_model(study: Study, name: str, checkpoints: list[Path], cache: Path,
     records = read_json(cache) or {}
     if records.get("protocol") != study.protocol():
         records = {"protocol": study.protocol(), "checkpoints": {}}
-    conditions_ = None
+    wanted: dict[str, LabelCondition] = {}
     for checkpoint in checkpoints:
         run = RunConfig.from_dict(load_checkpoint_config(checkpoint))
         if run.data.dataset != "synthetic" or image_size(run.data) != size:
@@ -165,8 +165,8 @@ def measure_model(study: Study, name: str, checkpoints: list[Path], cache: Path,
         entry = records["checkpoints"].get(str(checkpoint.resolve()))
         if not entry or entry.get("identity") != identity:
             entry = records["checkpoints"][str(checkpoint.resolve())] = {"identity": identity, "results": {}}
-        conditions_ = conditions(list(specs), args.sparsities, args.removal_sparsity)
-        for key, condition in conditions_.items():
+        wanted = conditions(list(specs), args.sparsities, args.removal_sparsity)
+        for key, condition in wanted.items():
             if key not in entry["results"]:
                 entry["results"][key] = study.measure(generator, condition, desc=f"{name}: {condition.describe()}")
                 write_json(cache, records)
@@ -176,7 +176,7 @@ def measure_model(study: Study, name: str, checkpoints: list[Path], cache: Path,
         "checkpoints": [str(c) for c in checkpoints],
         "steps": [int(c.stem.split("_")[1]) for c in checkpoints],
         "labels": list(specs),
-        "averaged": {key: averaged([results[key] for results in per_checkpoint]) for key in conditions_},
+        "averaged": {key: averaged([results[key] for results in per_checkpoint]) for key in wanted},
     }
 
 
@@ -320,6 +320,11 @@ def findings(sparsity_points: list[dict], removal_bars: list[dict], removal_clai
     }
 
 
+def _general(claims: list[dict]) -> list[dict]:
+    """The claims without per-label metrics (``<label>.<...>``), which get their own section."""
+    return [{**claim, "checks": [c for c in claim["checks"] if "." not in c["metric"]]} for claim in claims]
+
+
 def sensitivity_markdown(report: dict) -> str:
     """The sensitivity report as markdown: per-condition means with intervals, and the comparisons."""
     protocol = report["protocol"]
@@ -356,7 +361,7 @@ def sensitivity_markdown(report: dict) -> str:
         f'scenes (seeds and scenes resampled jointly). "holds": the degradation hurts; "{UNDECIDED}": the '
         "interval includes zero.",
         "",
-        *comparison_lines(report["sparsity_claims"] + report["removal_claims"], a_label="reference", b_label="B"),
+        *comparison_lines(_general(report["sparsity_claims"] + report["removal_claims"]), a_label="reference"),
         "",
     ]
     if report["own_label_metrics"]:

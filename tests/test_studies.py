@@ -6,6 +6,7 @@ temporary folders. One quality run is shared by the tests that need a trained ch
 
 import doctest
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -136,7 +137,8 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
         "--sparsities",
         "0",
         "0.4",
-        "0.7",
+        "--removal-sparsity",
+        "0.4",
         "--work-dir",
         tmp_path / "work",
         "--cache-dir",
@@ -145,21 +147,21 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
         tmp_path / "results",
     )
     report = json.loads((tmp_path / "results" / "sensitivity_smoke.json").read_text())
-    assert [p["sparsity"] for p in report["sparsity"]] == [0.0, 0.4, 0.7]
+    assert [p["sparsity"] for p in report["sparsity"]] == [0.0, 0.4]
     labels = ["semantic", "depth", "normal", "edge", "curvature"]
     assert [b["removed"] for b in report["removal"]] == [None, *labels]
     for entry in report["sparsity"] + report["removal"]:
         assert finite(entry["summary"]["fid"]["mean"]) and finite(entry["summary"]["feature_distance"]["mean"])
     (model,) = report["models"]
     assert model["steps"] == [1, 2]  # measured at the checkpoints the quality study averages over
-    assert len(model["averaged"]["sparsity=0.5,without=edge"]["per_scene"]["psnr"]) == EVAL_SAMPLES
+    assert len(model["averaged"]["sparsity=0.4,without=edge"]["per_scene"]["psnr"]) == EVAL_SAMPLES
     cache = json.loads(
         (tmp_path / "work" / "smoke" / "asap-tlam-sparse" / "seed0" / "study_sensitivity.json").read_text()
     )
     (last, *_) = [c for c in cache["checkpoints"] if c.endswith("step_00000002.safetensors")]
-    assert cache["checkpoints"][last]["results"]["sparsity=0.5,without=edge"]["dropped_labels"] == ["edge"]
-    assert [c["b"] for c in report["sparsity_claims"]] == ["sparsity=0.4", "sparsity=0.7"]
-    assert [c["b"] for c in report["removal_claims"]] == [f"sparsity=0.5,without={name}" for name in labels]
+    assert cache["checkpoints"][last]["results"]["sparsity=0.4,without=edge"]["dropped_labels"] == ["edge"]
+    assert [c["b"] for c in report["sparsity_claims"]] == ["sparsity=0.4"]
+    assert [c["b"] for c in report["removal_claims"]] == [f"sparsity=0.4,without={name}" for name in labels]
     assert report["own_label_metrics"] == {}  # filled once a per-label scene scorer is plugged in
     assert "## Comparisons" in (tmp_path / "results" / "sensitivity_smoke.md").read_text()
     for suffix in ("sparsity", "removal"):
@@ -586,3 +588,17 @@ def test_measurements_of_another_protocol_are_refused(quality):
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"examples.studies.{module}"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_sensitivity_reads_each_removed_labels_own_metrics():
+    spec = importlib.util.spec_from_file_location("sensitivity_script", ROOT / "benchmarks" / "sensitivity.py")
+    sensitivity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sensitivity)
+    rng = np.random.default_rng(3)
+    reference = [{"set": {}, "per_scene": {"depth.rmse": rng.random(20).tolist(), "edge.f1": [0.5] * 20}}]
+    without_depth = [{"set": {}, "per_scene": {**reference[0]["per_scene"], "depth.rmse": [2.0] * 20}}]
+    models = [{"averaged": {"all": r, "no depth": w}} for r, w in zip(reference, without_depth, strict=True)]
+    claim = sensitivity._comparison(models, "removing depth hurts", "all", "no depth")
+    own = sensitivity.own_label_metrics([claim], ["depth"])
+    assert [check["metric"] for check in own["depth"]] == ["depth.rmse"]  # not edge's metric
+    assert own["depth"][0]["difference"] < 0 and own["depth"][0]["low"] < 0  # removal raised the error
