@@ -38,7 +38,7 @@ PAPER_SPECS = {
     "curvature": LabelSpec.continuous(2),
 }
 PAPER_SIZES = {"dim": 96, "depth": 3, "heads": 3, "mlp_ratio": 4.0}
-# The interpreter runs the same kernels at smaller widths: the paper's sizes take it 15 s or more.
+# The interpreter runs the same kernels at smaller widths: the paper's sizes take it several times longer.
 INTERPRETER_SIZES = {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}
 CHECK_BATCH, CHECK_SIZE = 1, 4  # 16 pixels: one kernel tile, seconds in the interpreter
 # Float32 parity: the fused error against float64 may be twice the reference's, or this much.
