@@ -27,7 +27,7 @@ import label_merge
 from label_merge import TLAM, LabelSpec
 from label_merge.backend import ENV_VAR, triton_unavailable_reasons
 
-__all__ = ["main", "parity_check", "ParityResult"]
+__all__ = ["main", "parity_check", "fused_path_reasons", "ParityResult"]
 
 # The paper's merger (Sec. 4.2): five labels, dim 96, 3 blocks of 3 heads, MLP ratio 4.
 PAPER_SPECS = {
@@ -174,28 +174,35 @@ def _describe_cuda() -> str:
     return f"{torch.cuda.get_device_name(index)} ({vendor}, capability {major}.{minor})"
 
 
+def fused_path_reasons(device: torch.device) -> dict[str, list[str]]:
+    """Per dtype, every reason the fused kernels cannot run a paper-sized TLAM on ``device``.
+
+    Args:
+        device: A CUDA device (or the CPU under ``TRITON_INTERPRET=1``).
+
+    Returns:
+        ``{"float32": [...], "bfloat16": [...], "float16": [...]}``; an empty list means usable.
+    """
+    merger = seeded_merger(device, PAPER_SIZES)
+    return {
+        str(dtype).removeprefix("torch."): triton_unavailable_reasons(device, dtype, merger.to(dtype))
+        for dtype in DTYPES
+    }
+
+
 def _backend_lines() -> list[str]:
-    """Per dtype, whether the fused kernels can run a paper-sized TLAM on CUDA tensors, and why not."""
     lines = ["  torch    usable on every device: the PyTorch reference"]
     if not torch.cuda.is_available():
         reasons = ["there is no CUDA device"]
         if _version("triton") == "not installed":
             reasons.append("Triton is not installed (pip install 'label-merge[triton]')")
-        lines.append("  triton   not usable on CUDA: " + "; ".join(reasons))
-        lines.append("  auto     runs the torch backend here")
-        return lines
-    device = torch.device("cuda", torch.cuda.current_device())
-    merger = seeded_merger(device, PAPER_SIZES)
-    usable = []
-    for dtype in DTYPES:
-        reasons = triton_unavailable_reasons(device, dtype, merger.to(dtype))
-        name = str(dtype).removeprefix("torch.")
+        return lines + ["  triton   not usable on CUDA: " + "; ".join(reasons), "  auto     runs torch here"]
+    per_dtype = fused_path_reasons(torch.device("cuda", torch.cuda.current_device()))
+    for name, reasons in per_dtype.items():
         lines.append(f"  triton   {name}: " + ("usable" if not reasons else "not usable: " + "; ".join(reasons)))
-        if not reasons:
-            usable.append(name)
+    usable = [name for name, reasons in per_dtype.items() if not reasons]
     choice = f"triton for {', '.join(usable)} CUDA tensors, else torch" if usable else "torch"
-    lines.append(f"  auto     runs {choice} (a paper-sized TLAM)")
-    return lines
+    return lines + [f"  auto     runs {choice}"]
 
 
 def report_header() -> list[str]:

@@ -70,3 +70,15 @@ def test_a_fused_path_that_cannot_run_is_not_a_failure(monkeypatch, capsys):
     monkeypatch.setattr(_selfcheck, "_interpreter_parity", lambda: skipped)
     assert _selfcheck.main([]) == 0
     assert "fused path, test: not run: Triton is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(_selfcheck._version("triton") == "not installed", reason="needs Triton")
+def test_fused_path_reasons_per_dtype():
+    """What the report says for each dtype comes from the backend's own checks (the CUDA lines)."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the kernels were not set up for the interpreter in this process")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reasons = _selfcheck.fused_path_reasons(device)
+    assert list(reasons) == ["float32", "bfloat16", "float16"]
+    assert reasons["float32"] == []  # the paper's TLAM runs fused in float32
+    assert all(isinstance(r, str) and r for rs in reasons.values() for r in rs)
