@@ -82,3 +82,15 @@ def test_fused_path_reasons_per_dtype():
     assert list(reasons) == ["float32", "bfloat16", "float16"]
     assert reasons["float32"] == []  # the paper's TLAM runs fused in float32
     assert all(isinstance(r, str) and r for rs in reasons.values() for r in rs)
+
+
+def test_a_crashed_interpreter_check_fails(monkeypatch, capsys):
+    """The child process's error output reaches the user and the command exits 1."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(_selfcheck.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 3, "", "Boom\n"))
+    assert _selfcheck.main([]) == 1
+    captured = capsys.readouterr()
+    assert "Boom" in captured.err
+    assert "not run: the check crashed (exit code 3" in captured.out
+    assert "reference: error" not in captured.out
+    assert captured.out.splitlines()[-1] == "Self-check FAILED."
