@@ -69,7 +69,8 @@ def specs_from_config(config: Mapping[str, Any]) -> dict[str, LabelSpec]:
         elif isinstance(entry, Mapping):
             specs[name] = LabelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
         else:
-            raise TypeError(f"label spec {name!r} must be a LabelSpec or a dict of its fields, got {type(entry).__name__}")
+            kind = type(entry).__name__
+            raise TypeError(f"label spec {name!r} must be a LabelSpec or a dict of its fields, got {kind}")
     return check_specs(specs)
 
 
@@ -169,7 +170,7 @@ class TLAMConditioningEmbedding(nn.Module):
         # The layout of diffusers' ControlNetConditioningEmbedding, fed by the concept.
         self.conv_in = nn.Conv2d(merger.out_channels, block_out_channels[0], kernel_size=3, padding=1)
         self.blocks = nn.ModuleList()
-        for channels_in, channels_out in zip(block_out_channels[:-1], block_out_channels[1:]):
+        for channels_in, channels_out in zip(block_out_channels[:-1], block_out_channels[1:], strict=True):
             self.blocks.append(nn.Conv2d(channels_in, channels_in, kernel_size=3, padding=1))
             self.blocks.append(nn.Conv2d(channels_in, channels_out, kernel_size=3, padding=1, stride=2))
         self.conv_out = _zero_conv(block_out_channels[-1], embedding_channels)
@@ -333,7 +334,8 @@ class TLAMControlNetModel(ControlNetModel):
         channels = packed_channels(specs)
         if conditioning_channels is not None and conditioning_channels != channels:
             raise ValueError(
-                f"conditioning_channels is derived from the label specs ({channels} packed channels), got {conditioning_channels}"
+                f"conditioning_channels is derived from the label specs ({channels} packed channels), "
+                f"got {conditioning_channels}"
             )
         if controlnet_conditioning_channel_order != "rgb":
             raise ValueError("controlnet_conditioning_channel_order must be 'rgb': packed labels have no colour order")

@@ -142,7 +142,8 @@ def unpack_labels(
     """
     specs = check_specs(specs)
     if not isinstance(packed, torch.Tensor) or not packed.is_floating_point():
-        raise TypeError(f"packed must be a floating torch.Tensor, got {getattr(packed, 'dtype', type(packed).__name__)}")
+        kind = getattr(packed, "dtype", type(packed).__name__)
+        raise TypeError(f"packed must be a floating torch.Tensor, got {kind}")
     expected = packed_channels(specs)
     if packed.dim() != 4 or packed.shape[1] != expected:
         raise ValueError(
