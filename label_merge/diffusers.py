@@ -43,34 +43,39 @@ __all__ = ["TLAMConditioningEmbedding", "TLAMControlNetModel", "specs_to_config"
 RESOLUTIONS = ("latent", "image")
 
 
-def specs_to_config(specs: Mapping[str, LabelSpec]) -> dict[str, dict[str, Any]]:
-    """Label specs as a JSON-ready dict ``{name: {field: value}}`` (every dataclass field).
+def specs_to_config(specs: Mapping[str, LabelSpec]) -> list[dict[str, Any]]:
+    """Label specs as JSON-ready data: a list, in token order, of ``{"name": ..., field: value}``.
+
+    A list, not a dict: diffusers writes configs with sorted keys, which would reorder the
+    labels (and with them the tokens and packed channels).
 
     Example:
         >>> from label_merge import LabelSpec
-        >>> specs_to_config({"semantic": LabelSpec.categorical(4, ignore_index=0)})["semantic"]["channels"]
+        >>> specs_to_config({"semantic": LabelSpec.categorical(4, ignore_index=0)})[0]["channels"]
         4
     """
-    return {name: dataclasses.asdict(spec) for name, spec in check_specs(specs).items()}
+    return [{"name": name, **dataclasses.asdict(spec)} for name, spec in check_specs(specs).items()]
 
 
-def specs_from_config(config: Mapping[str, Any]) -> dict[str, LabelSpec]:
-    """Inverse of :func:`specs_to_config`; also passes ``LabelSpec`` values through.
+def specs_from_config(config: Mapping[str, Any] | list[Mapping[str, Any]]) -> dict[str, LabelSpec]:
+    """Inverse of :func:`specs_to_config`; also takes ``{name: LabelSpec}``.
 
     JSON turns tuples into lists; they are turned back, since specs are frozen (hashable).
 
     Raises:
-        TypeError: An entry that is neither a ``LabelSpec`` nor a mapping of its fields.
+        TypeError: Neither a mapping ``{name: LabelSpec}`` nor a list of field dicts with a name.
     """
+    if isinstance(config, Mapping):
+        return check_specs(config)
+    if not isinstance(config, (list, tuple)) or not all(isinstance(e, Mapping) and "name" in e for e in config):
+        raise TypeError(
+            'label_specs must be {name: LabelSpec} or a list of {"name": ..., "kind": ..., ...} dicts, '
+            f"got {config!r}"
+        )
     specs = {}
-    for name, entry in config.items():
-        if isinstance(entry, LabelSpec):
-            specs[name] = entry
-        elif isinstance(entry, Mapping):
-            specs[name] = LabelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
-        else:
-            kind = type(entry).__name__
-            raise TypeError(f"label spec {name!r} must be a LabelSpec or a dict of its fields, got {kind}")
+    for entry in config:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items() if k != "name"}
+        specs[entry["name"]] = LabelSpec(**fields)
     return check_specs(specs)
 
 
@@ -246,8 +251,8 @@ class TLAMControlNetModel(ControlNetModel):
     arguments of :meth:`forward`, a ``labels`` dict with ``masks``.
 
     Args:
-        label_specs: ``{name: LabelSpec}`` (stored in the config as plain dicts, which are
-            accepted here too).
+        label_specs: ``{name: LabelSpec}`` (stored in the config as the list of
+            :func:`specs_to_config`, which is accepted here too).
         merger_dim: TLAM width ``d``.
         merger_depth: TLAM transformer blocks.
         merger_heads: TLAM attention heads.
@@ -282,7 +287,7 @@ class TLAMControlNetModel(ControlNetModel):
     @register_to_config
     def __init__(
         self,
-        label_specs: Mapping[str, Any],
+        label_specs: Mapping[str, LabelSpec] | list[dict[str, Any]],
         merger_dim: int = 96,
         merger_depth: int = 3,
         merger_heads: int = 3,
@@ -374,7 +379,7 @@ class TLAMControlNetModel(ControlNetModel):
             global_pool_conditions=global_pool_conditions,
             addition_embed_type_num_heads=addition_embed_type_num_heads,
         )
-        # The config must stay JSON-ready: the specs as plain dicts.
+        # The config must stay JSON-ready and keep the label order: see specs_to_config.
         self.register_to_config(label_specs=specs_to_config(specs))
         merger = TLAM(
             specs, dim=merger_dim, depth=merger_depth, heads=merger_heads, mlp_ratio=merger_mlp_ratio, drop=merger_drop
@@ -407,7 +412,7 @@ class TLAMControlNetModel(ControlNetModel):
     def from_unet(
         cls,
         unet: UNet2DConditionModel,
-        label_specs: Mapping[str, Any],
+        label_specs: Mapping[str, LabelSpec] | list[dict[str, Any]],
         *,
         load_weights_from_unet: bool = True,
         **config: Any,
