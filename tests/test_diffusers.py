@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import subprocess
 import sys
@@ -260,3 +261,8 @@ def test_errors(lm_diffusers, unet):
         lm_diffusers.TLAMConditioningEmbedding(merger, 8, downscale_factor=3)
     with pytest.raises(TypeError, match="labels dict"):
         lm_diffusers.TLAMConditioningEmbedding(merger, 8)([labels])
+
+
+def test_docstring_examples(lm_diffusers):
+    result = doctest.testmod(lm_diffusers)
+    assert result.attempted > 0 and result.failed == 0
