@@ -266,3 +266,59 @@ def test_errors(lm_diffusers, unet):
 def test_docstring_examples(lm_diffusers):
     result = doctest.testmod(lm_diffusers)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------- the training example
+
+TINY_RUN = ["--resolution", "16", "--train-samples", "4", "--test-samples", "2", "--steps", "2"]
+TINY_RUN += ["--batch-size", "2", "--unet-width", "8", "--merger-dim", "6", "--sample-steps", "2", "--log-every", "1"]
+
+
+def check_run(lm_diffusers, out, metrics):
+    assert metrics["steps"] == 2 and metrics["final_loss"] > 0
+    assert (out / "samples.png").is_file()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    loaded = lm_diffusers.TLAMControlNetModel.from_pretrained(out / "controlnet")
+    assert list(loaded.label_specs) == ["semantic", "depth", "normal", "edge"]
+
+
+@pytest.mark.slow
+def test_training_example_runs_from_a_config(lm_diffusers, tmp_path):
+    from examples.train_controlnet_tlam import main
+
+    metrics = main([*TINY_RUN, "--out", str(tmp_path / "run"), "--merger-resolution", "image"])
+    check_run(lm_diffusers, tmp_path / "run", metrics)
+
+
+@pytest.mark.slow
+def test_training_example_reads_a_local_stable_diffusion_folder(lm_diffusers, tmp_path):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from examples.train_controlnet_tlam import main
+
+    folder = tmp_path / "sd"
+    UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+    ).save_pretrained(folder / "unet")
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(folder / "vae")
+    DDPMScheduler().save_pretrained(folder / "scheduler")
+
+    metrics = main([*TINY_RUN, "--out", str(tmp_path / "run"), "--pretrained", str(folder)])
+    check_run(lm_diffusers, tmp_path / "run", metrics)
+    # VAE factor 2: the latent-resolution merger saw 8x8 labels.
+    config = json.loads((tmp_path / "run" / "controlnet" / "config.json").read_text())
+    assert config["label_downscale_factor"] == 2 and config["in_channels"] == 4
