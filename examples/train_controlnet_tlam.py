@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", default=["semantic", "depth", "normal", "edge"], help="labels to use")
     p.add_argument("--train-samples", type=int, default=64, help="synthetic training scenes")
     p.add_argument("--test-samples", type=int, default=4, help="held-out scenes to draw")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--unet-width", type=int, default=32, help="channels of the tiny UNet's first block")

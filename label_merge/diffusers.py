@@ -27,6 +27,9 @@ import torch
 from torch import nn
 
 try:
+    # diffusers saves and loads through ``safetensors.torch`` after only ``import safetensors``;
+    # some versions (0.30) rely on another module having imported the submodule.
+    import safetensors.torch  # noqa: F401
     from diffusers import ControlNetModel, UNet2DConditionModel
     from diffusers.configuration_utils import register_to_config
 except ImportError as error:  # pragma: no cover - exercised only without the extra
