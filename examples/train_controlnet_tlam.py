@@ -62,9 +62,13 @@ class Scenes:
     masks: dict[str, torch.Tensor]
     regions: torch.Tensor
 
-    def batch(self, index: torch.Tensor) -> Scenes:
-        pick = {name: x[index] for name, x in self.labels.items()}
-        return Scenes(self.images[index], pick, {n: m[index] for n, m in self.masks.items()}, self.regions[index])
+    def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> Scenes:
+        return Scenes(
+            self.images[index].to(device),
+            {name: x[index].to(device) for name, x in self.labels.items()},
+            {name: m[index].to(device) for name, m in self.masks.items()},
+            self.regions[index].to(device),
+        )
 
 
 def load_scenes(dataset: SyntheticDataset) -> Scenes:
@@ -163,7 +167,7 @@ def build_controlnet(backbone: Backbone, specs, args):
 
 def context(backbone: Backbone, batch_size: int) -> torch.Tensor:
     """The cross-attention context without a text encoder: one zero token."""
-    return torch.zeros(batch_size, 1, backbone.unet.config.cross_attention_dim)
+    return torch.zeros(batch_size, 1, backbone.unet.config.cross_attention_dim, device=backbone.unet.device)
 
 
 def predict_noise(backbone, controlnet, noisy, t, labels, masks):
@@ -191,11 +195,12 @@ def train(backbone: Backbone, controlnet, scenes: Scenes, args) -> list[float]:
     backbone.unet.train(backbone.train_unet)
     for step in range(1, args.steps + 1):
         index = torch.randint(0, scenes.images.shape[0], (args.batch_size,), generator=generator)
-        batch = scenes.batch(index)
+        batch = scenes.batch(index, args.device)
         masks = sparsify(batch, region_p=args.sparsity, label_p=args.label_dropout, generator=generator)
         samples = backbone.encode(batch.images)
-        noise = torch.randn(samples.shape, generator=generator)
+        noise = torch.randn(samples.shape, generator=generator).to(args.device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (samples.shape[0],), generator=generator)
+        t = t.to(args.device)
         noisy = scheduler.add_noise(samples, noise, t)
         loss = F.mse_loss(predict_noise(backbone, controlnet, noisy, t, batch.labels, masks), noise)
         optimizer.zero_grad(set_to_none=True)
@@ -221,7 +226,8 @@ def generate(backbone: Backbone, controlnet, labels, masks, *, steps: int, seed:
     factor = backbone.downscale_factor
     channels = backbone.unet.config.in_channels
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, channels, H // factor, W // factor, generator=generator) * sampler.init_noise_sigma
+    x = torch.randn(B, channels, H // factor, W // factor, generator=generator).to(backbone.unet.device)
+    x = x * sampler.init_noise_sigma
     for t in sampler.timesteps:
         noise = predict_noise(backbone, controlnet, sampler.scale_model_input(x, t), t, labels, masks)
         x = sampler.step(noise, t, x).prev_sample
@@ -270,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the sample grid")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache for rendered scenes and the label estimator")
     return p
 
@@ -291,7 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.resolution % backbone.downscale_factor:
         raise SystemExit(f"--resolution must be a multiple of {backbone.downscale_factor} for this model")
-    controlnet = build_controlnet(backbone, specs, args)
+    controlnet = build_controlnet(backbone, specs, args).to(args.device)
+    for module in (backbone.unet, backbone.vae):
+        if module is not None:
+            module.to(args.device)
     trained = "UNet + ControlNet" if backbone.train_unet else "ControlNet (UNet frozen)"
     print(f"training {trained} with TLAM on labels {list(specs)} for {args.steps} steps", flush=True)
     losses = train(backbone, controlnet, scenes, args)
@@ -299,10 +309,13 @@ def main(argv: list[str] | None = None) -> dict:
     sparse = sparsify(
         held_out, region_p=args.sparsity, label_p=args.label_dropout, generator=torch.Generator().manual_seed(1)
     )
-    dense_images = generate(
-        backbone, controlnet, held_out.labels, held_out.masks, steps=args.sample_steps, seed=args.seed
-    )
-    sparse_images = generate(backbone, controlnet, held_out.labels, sparse, steps=args.sample_steps, seed=args.seed)
+    on_device = held_out.batch(torch.arange(len(test_set)), args.device)
+    images = {}
+    for name, masks in (("all", held_out.masks), ("sparse", sparse)):
+        masks = {label: m.to(args.device) for label, m in masks.items()}
+        found = generate(backbone, controlnet, on_device.labels, masks, steps=args.sample_steps, seed=args.seed)
+        images[name] = found.cpu()
+    dense_images, sparse_images = images["all"], images["sparse"]
     columns = label_columns(specs, held_out.labels, held_out.masks)
     columns += [("generated (all labels)", image_to_rgb(dense_images))]
     columns += label_columns(specs, held_out.labels, sparse)
