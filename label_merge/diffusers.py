@@ -54,8 +54,9 @@ def specs_to_config(specs: Mapping[str, LabelSpec]) -> list[dict[str, Any]]:
 
     Example:
         >>> from label_merge import LabelSpec
-        >>> specs_to_config({"semantic": LabelSpec.categorical(4, ignore_index=0)})[0]["channels"]
-        4
+        >>> (entry,) = specs_to_config({"semantic": LabelSpec.categorical(4, ignore_index=0)})
+        >>> entry["name"], entry["channels"]
+        ('semantic', 4)
     """
     return [{"name": name, **dataclasses.asdict(spec)} for name, spec in check_specs(specs).items()]
 
@@ -251,7 +252,9 @@ class TLAMControlNetModel(ControlNetModel):
     ``save_pretrained`` / ``from_pretrained`` with ``torch_dtype`` and friends); its
     ``controlnet_cond_embedding`` is a :class:`TLAMConditioningEmbedding`. The condition is
     the packed labels tensor (``controlnet_cond``, what pipelines pass along) or, as keyword
-    arguments of :meth:`forward`, a ``labels`` dict with ``masks``.
+    arguments of :meth:`forward`, a ``labels`` dict with ``masks``. The arguments not listed
+    below are those of ``diffusers.ControlNetModel``; ``conditioning_embedding_out_channels`` is
+    used with ``merger_resolution="image"`` only.
 
     Args:
         label_specs: ``{name: LabelSpec}`` (stored in the config as the list of
@@ -268,8 +271,6 @@ class TLAMControlNetModel(ControlNetModel):
         conditioning_channels: Must be None or ``packed_channels(label_specs)`` (it is derived).
         controlnet_conditioning_channel_order: Must be ``"rgb"``: packed labels have no colour
             channels to flip.
-        **others: Those of ``diffusers.ControlNetModel``; ``conditioning_embedding_out_channels``
-            is used with ``merger_resolution="image"`` only.
 
     Raises:
         ValueError: Bad label specs or merger settings.
@@ -471,7 +472,7 @@ class TLAMControlNetModel(ControlNetModel):
         labels: Mapping[str, torch.Tensor] | None = None,
         masks: Mapping[str, torch.Tensor] | None = None,
         **kwargs: Any,
-    ):
+    ) -> Any:
         """``ControlNetModel.forward`` with the condition as packed labels or a labels dict.
 
         Args:
@@ -488,8 +489,8 @@ class TLAMControlNetModel(ControlNetModel):
                 ``return_dict``, ...).
 
         Returns:
-            What ``ControlNetModel.forward`` returns: the residuals for the UNet's down and mid
-            blocks.
+            The ``ControlNetOutput`` of ``ControlNetModel.forward`` (a tuple with
+            ``return_dict=False``), holding the residuals for the UNet's down and mid blocks.
 
         Raises:
             ValueError: Both or neither of ``controlnet_cond`` and ``labels``, or bad labels.
