@@ -193,8 +193,9 @@ class TLAMConditioningEmbedding(nn.Module):
         if isinstance(condition, torch.Tensor):
             if masks is not None:
                 raise ValueError("masks are part of a packed condition tensor; pass masks only with a labels dict")
-            dtype = next(self.merger.parameters()).dtype
-            return unpack_labels(self.specs, condition, dtype=dtype)
+            # Continuous labels in the merger's dtype (NaiveConcat has no parameters: keep the input's).
+            weight = next(self.merger.parameters(), None)
+            return unpack_labels(self.specs, condition, dtype=None if weight is None else weight.dtype)
         if isinstance(condition, Mapping):
             return condition, masks
         raise TypeError(

@@ -234,6 +234,16 @@ def test_embedder_on_its_own(lm_diffusers):
     assert torch.equal(embed(pack_labels(SPECS, labels, masks)), out)
 
 
+@pytest.mark.parametrize("merger_class", ["CLAM", "NaiveConcat"])
+def test_embedder_takes_the_baseline_mergers(lm_diffusers, merger_class):
+    import label_merge
+
+    merger = getattr(label_merge, merger_class)(SPECS, **({"dim": 12, "depth": 1} if merger_class == "CLAM" else {}))
+    embed = lm_diffusers.TLAMConditioningEmbedding(merger, 16, downscale_factor=2)
+    labels, masks = make_labels(H=8, W=8), make_masks(H=8, W=8)
+    assert embed(pack_labels(SPECS, labels, masks)).shape == (2, 16, 4, 4)
+
+
 def test_errors(lm_diffusers, unet):
     from label_merge import TLAM
 
