@@ -289,8 +289,11 @@ def check_run(lm_diffusers, out, metrics):
     assert metrics["steps"] == 2 and metrics["final_loss"] > 0
     assert (out / "samples.png").is_file()
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    from examples.datasets.synthetic import SyntheticDataset
+
     loaded = lm_diffusers.TLAMControlNetModel.from_pretrained(out / "controlnet")
-    assert list(loaded.label_specs) == ["semantic", "depth", "normal", "edge"]
+    specs = SyntheticDataset(1, resolution=16, labels=["semantic", "depth", "normal", "edge"]).label_specs
+    assert list(loaded.label_specs.items()) == list(specs.items())  # every spec field survives the config
 
 
 @pytest.mark.slow
