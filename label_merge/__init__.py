@@ -6,8 +6,18 @@ Implements "Spatially Multi-conditional Image Generation" (Chakraborty, Popovic 
 """
 
 from .blocks import CLAM, TLAM, NaiveConcat
+from .label_dicts import pack_labels, resize_labels, unpack_labels
 from .labels import LabelSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["TLAM", "CLAM", "NaiveConcat", "LabelSpec", "__version__"]
+__all__ = [
+    "TLAM",
+    "CLAM",
+    "NaiveConcat",
+    "LabelSpec",
+    "pack_labels",
+    "unpack_labels",
+    "resize_labels",
+    "__version__",
+]

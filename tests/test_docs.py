@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import label_merge.blocks
+import label_merge.label_dicts
 import label_merge.labels
 import label_merge.sparsity
 import label_merge.viz
@@ -16,7 +17,9 @@ import label_merge.viz
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("module", [label_merge.blocks, label_merge.labels, label_merge.sparsity, label_merge.viz])
+@pytest.mark.parametrize(
+    "module", [label_merge.blocks, label_merge.label_dicts, label_merge.labels, label_merge.sparsity, label_merge.viz]
+)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPTS = [
     "examples/train_asap_tlam.py",
+    "examples/train_controlnet_tlam.py",
     "examples/generate.py",
     "examples/evaluate.py",
     "examples/edit.py",

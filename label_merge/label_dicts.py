@@ -1,0 +1,297 @@
+"""Whole label dicts: packing into one tensor and back, and mask-aware resizing.
+
+A merger takes ``labels`` (``{name: tensor}``) and ``masks`` (``{name: bool tensor}``, True where
+present). Pipelines and data loaders often expect one image-like tensor per sample instead:
+:func:`pack_labels` and :func:`unpack_labels` convert between the two. :func:`resize_labels`
+changes the spatial size of a labels dict without letting missing pixels leak into present ones.
+
+Packed layout, per label in spec order: its values (one channel holding the class id for a
+categorical label, ``C`` channels for a continuous one), then one presence channel (1 where the
+label is present, 0 where it is missing). Values at missing positions are stored as 0, so the
+packed tensor is finite even when the labels hold NaN or inf there; it survives collation,
+nearest resizing and casts, and unpacking restores the masks from the presence channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .labels import LabelSpec, check_specs, flatten_labels
+
+__all__ = ["pack_labels", "unpack_labels", "resize_labels", "packed_channels"]
+
+CATEGORICAL_MODES = ("nearest", "majority")
+
+# The largest integer n such that every class id 0..n-1 is exact in the dtype.
+_EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53}
+
+
+def _value_channels(spec: LabelSpec) -> int:
+    return 1 if spec.is_categorical else spec.channels
+
+
+def packed_channels(specs: Mapping[str, LabelSpec]) -> int:
+    """Channels of :func:`pack_labels`' output: each label's values plus one presence channel.
+
+    Args:
+        specs: Ordered ``{name: LabelSpec}``.
+
+    Returns:
+        ``sum(1 + (1 if categorical else channels))`` over the specs.
+
+    Example:
+        >>> from label_merge import LabelSpec
+        >>> packed_channels({"semantic": LabelSpec.categorical(18), "normal": LabelSpec.continuous(3)})
+        6
+    """
+    return sum(_value_channels(spec) + 1 for spec in check_specs(specs).values())
+
+
+def pack_labels(
+    specs: Mapping[str, LabelSpec],
+    labels: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor] | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Pack a labels dict and its masks into one finite tensor.
+
+    Every label of ``specs`` gets its channels; a label absent from ``labels`` is packed as
+    missing everywhere. A categorical label's ``ignore_index`` pixels count as missing.
+
+    Args:
+        specs: Ordered ``{name: LabelSpec}``; fixes the channel order.
+        labels: ``{name: tensor}`` for any non-empty subset of ``specs``, shaped as a merger
+            takes them (categorical ``(B, H, W)``/``(B, 1, H, W)`` int, continuous
+            ``(B, C, H, W)`` float).
+        masks: Optional ``{name: bool (B, H, W) or (B, 1, H, W)}``, True where present.
+        dtype: Floating dtype of the result. Class ids must be exact in it (float16 holds ids
+            below 2048, bfloat16 below 256).
+
+    Returns:
+        ``(B, packed_channels(specs), H, W)``; values at missing positions are 0, never NaN.
+
+    Raises:
+        TypeError: A bad label or mask dtype, or a non-floating ``dtype``.
+        ValueError: Anything a merger would reject (unknown label, shape, class id out of
+            range), or class ids that ``dtype`` cannot hold exactly.
+
+    Example:
+        >>> import torch
+        >>> from label_merge import LabelSpec, pack_labels
+        >>> specs = {"semantic": LabelSpec.categorical(4), "depth": LabelSpec.continuous(1)}
+        >>> depth = torch.full((1, 1, 2, 2), float("nan"))
+        >>> pack_labels(specs, {"depth": depth}, {"depth": torch.zeros(1, 2, 2, dtype=torch.bool)}).shape
+        torch.Size([1, 4, 2, 2])
+    """
+    specs = check_specs(specs)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    largest = max((s.channels for s in specs.values() if s.is_categorical), default=0)
+    if largest > _EXACT_INTEGERS.get(dtype, 2**53):
+        raise ValueError(f"dtype {dtype} cannot hold class ids up to {largest - 1} exactly; pack in float32")
+    (B, H, W), flat = flatten_labels(specs, labels, masks)
+    given = {label.name: label for label in flat}
+    device = flat[0].values.device
+    parts = []
+    for name, spec in specs.items():
+        if name in given:
+            # flatten_labels already zeroed the values at missing positions.
+            values = given[name].values.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C or 1, H, W)
+            present = given[name].present.reshape(B, 1, H, W)
+        else:
+            values = torch.zeros(B, _value_channels(spec), H, W, device=device)
+            present = torch.zeros(B, 1, H, W, dtype=torch.bool, device=device)
+        parts += [values.to(dtype), present.to(dtype)]
+    return torch.cat(parts, dim=1)  # (B, packed_channels, H, W)
+
+
+def unpack_labels(
+    specs: Mapping[str, LabelSpec],
+    packed: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split a tensor made by :func:`pack_labels` back into labels and masks.
+
+    Args:
+        specs: The specs it was packed with (same order).
+        packed: ``(B, packed_channels(specs), H, W)`` floats. A presence channel above 0.5 means
+            present, so the result survives interpolation of the presence channels too.
+        dtype: Floating dtype of the continuous labels (default: ``packed.dtype``).
+
+    Returns:
+        ``(labels, masks)``: every label of ``specs``; categorical ``(B, H, W)`` int64 (missing
+        pixels hold ``ignore_index``, or 0 when there is none), continuous ``(B, C, H, W)``
+        (missing pixels hold 0); masks ``(B, H, W)`` bool.
+
+    Raises:
+        TypeError: ``packed`` is not a floating tensor.
+        ValueError: ``packed`` has the wrong number of dimensions or channels.
+
+    Example:
+        >>> import torch
+        >>> from label_merge import LabelSpec, pack_labels, unpack_labels
+        >>> specs = {"depth": LabelSpec.continuous(1)}
+        >>> labels, masks = unpack_labels(specs, pack_labels(specs, {"depth": torch.ones(1, 1, 2, 2)}))
+        >>> bool(masks["depth"].all()), labels["depth"].shape
+        (True, torch.Size([1, 1, 2, 2]))
+    """
+    specs = check_specs(specs)
+    if not isinstance(packed, torch.Tensor) or not packed.is_floating_point():
+        kind = getattr(packed, "dtype", type(packed).__name__)
+        raise TypeError(f"packed must be a floating torch.Tensor, got {kind}")
+    expected = packed_channels(specs)
+    if packed.dim() != 4 or packed.shape[1] != expected:
+        raise ValueError(
+            f"packed must be (B, {expected}, H, W) for labels {list(specs)}, got shape {tuple(packed.shape)}"
+        )
+    dtype = packed.dtype if dtype is None else dtype
+    labels, masks = {}, {}
+    start = 0
+    for name, spec in specs.items():
+        stop = start + _value_channels(spec)
+        values = packed[:, start:stop]  # (B, C or 1, H, W)
+        present = packed[:, stop] > 0.5  # (B, H, W)
+        start = stop + 1
+        if spec.is_categorical:
+            fill = 0 if spec.ignore_index is None else spec.ignore_index
+            ids = torch.nan_to_num(values[:, 0]).round().long()  # (B, H, W)
+            labels[name] = torch.where(present, ids, fill)
+        else:
+            labels[name] = torch.where(present.unsqueeze(1), values, 0).to(dtype)
+        masks[name] = present
+    return labels, masks
+
+
+def _check_size(size) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
+    ):
+        raise ValueError(f"size must be a positive int or a pair (height, width) of them, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _area_mean(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Mean over each output pixel's source window (``adaptive_avg_pool2d``), in float32 or float64."""
+    work = x if x.dtype == torch.float64 else x.float()
+    return F.adaptive_avg_pool2d(work, size)
+
+
+def _resize_continuous(values, present, size):
+    """Present-only area mean; returns values ``(B, C, h, w)`` and presence fraction ``(B, h, w)``."""
+    weight = present.unsqueeze(1)  # (B, 1, H, W)
+    # torch.where, not multiplication: 0 * NaN would still be NaN.
+    total = _area_mean(torch.where(weight, values, 0), size)  # (B, C, h, w)
+    fraction = _area_mean(weight.to(total.dtype), size)  # (B, 1, h, w)
+    mean = total / fraction.clamp_min(torch.finfo(total.dtype).tiny)
+    return mean, fraction[:, 0]
+
+
+def _resize_majority(ids, present, num_classes, size):
+    """Per output pixel, the class held by most present source pixels (lowest id on ties)."""
+    one_hot = F.one_hot(torch.where(present, ids, 0), num_classes)  # (B, H, W, K)
+    one_hot = one_hot.permute(0, 3, 1, 2) & present.unsqueeze(1)  # (B, K, H, W), zero where missing
+    share = _area_mean(one_hot.to(torch.float32), size)  # (B, K, h, w)
+    return share.argmax(dim=1), share.sum(dim=1)  # (B, h, w) ids and presence fraction
+
+
+def _nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel-centre nearest sampling of ``(B, C, H, W)`` (any dtype)."""
+    work = x.to(torch.float64) if not x.is_floating_point() else x
+    # float64 keeps class ids exact; "nearest-exact" samples at pixel centres (as PIL does),
+    # where "nearest" would shift the image by half a pixel.
+    return F.interpolate(work, size=size, mode="nearest-exact").to(x.dtype)
+
+
+def resize_labels(
+    specs: Mapping[str, LabelSpec],
+    labels: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor] | None = None,
+    size: int | tuple[int, int] = None,
+    *,
+    categorical: str = "majority",
+    min_present: float = 0.5,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Resize a labels dict and its masks, never mixing missing values into present ones.
+
+    Each output pixel covers a window of source pixels (the windows of
+    ``torch.nn.functional.adaptive_avg_pool2d``, so any sizes work, up or down):
+
+    - continuous labels: the mean over the window's *present* pixels only;
+    - categorical labels, ``categorical="majority"``: the class of most present pixels in the
+      window (the lowest id on a tie); ``"nearest"``: the source pixel nearest to the output
+      pixel's centre (what SPADE-style code does with ``mode="nearest"``, which reads only one
+      pixel in ``k * k`` when shrinking by ``k``).
+
+    The label is present at an output pixel when at least ``min_present`` of its window was
+    present (and at least one pixel was); with ``"nearest"`` it is present when the sampled
+    pixel was. Missing output pixels hold 0 (categorical: ``ignore_index`` if the spec has one).
+
+    Args:
+        specs: ``{name: LabelSpec}`` of the labels.
+        labels: ``{name: tensor}``, any non-empty subset of ``specs``, shaped as a merger takes
+            them; the output keeps each label's shape convention and dtype.
+        masks: Optional ``{name: bool}`` masks, True where present (default: present wherever a
+            categorical label is not ``ignore_index``).
+        size: Output ``(height, width)``, or one int for both.
+        categorical: ``"majority"`` or ``"nearest"``.
+        min_present: Fraction in ``[0, 1]`` of a window that must be present.
+
+    Returns:
+        ``(labels, masks)`` at the new size, for the labels given; masks are ``(B, h, w)`` bool.
+
+    Raises:
+        TypeError: A bad label or mask dtype.
+        ValueError: A bad ``size``, ``categorical`` or ``min_present``, or anything a merger
+            would reject.
+
+    Example:
+        >>> import torch
+        >>> from label_merge import LabelSpec, resize_labels
+        >>> specs = {"depth": LabelSpec.continuous(1)}
+        >>> depth = torch.tensor([[[[1.0, float("nan")], [3.0, 5.0]]]])
+        >>> present = torch.tensor([[[True, False], [True, True]]])
+        >>> labels, masks = resize_labels(specs, {"depth": depth}, {"depth": present}, size=1)
+        >>> labels["depth"].flatten().tolist(), masks["depth"].flatten().tolist()
+        ([3.0], [True])
+    """
+    specs = check_specs(specs)
+    if size is None:
+        raise ValueError("resize_labels needs size=(height, width)")
+    size = _check_size(size)
+    if categorical not in CATEGORICAL_MODES:
+        raise ValueError(f"categorical must be one of {CATEGORICAL_MODES}, got {categorical!r}")
+    if isinstance(min_present, bool) or not isinstance(min_present, (int, float)) or not 0.0 <= min_present <= 1.0:
+        raise ValueError(f"min_present must be a fraction in [0, 1], got {min_present!r}")
+    (B, H, W), flat = flatten_labels(specs, labels, masks)
+    out_labels, out_masks = {}, {}
+    for label in flat:
+        spec, given = label.spec, labels[label.name]
+        present = label.present.reshape(B, H, W)
+        if spec.is_categorical:
+            ids = label.values.reshape(B, H, W)  # zero where missing
+            if categorical == "nearest":
+                ids = _nearest(ids.unsqueeze(1), size)[:, 0]  # (B, h, w)
+                keep = _nearest(present.unsqueeze(1), size)[:, 0]
+            else:
+                ids, fraction = _resize_majority(ids, present, spec.channels, size)
+                keep = (fraction >= min_present) & (fraction > 0)
+            fill = 0 if spec.ignore_index is None else spec.ignore_index
+            ids = torch.where(keep, ids, fill).to(given.dtype)
+            out_labels[label.name] = ids if given.dim() == 3 else ids.unsqueeze(1)
+        else:
+            values = label.values.reshape(B, H, W, -1).permute(0, 3, 1, 2)  # (B, C, H, W)
+            mean, fraction = _resize_continuous(values, present, size)
+            keep = (fraction >= min_present) & (fraction > 0)
+            mean = torch.where(keep.unsqueeze(1), mean, 0).to(given.dtype)
+            out_labels[label.name] = mean if given.dim() == 4 else mean[:, 0]
+        out_masks[label.name] = keep
+    return out_labels, out_masks

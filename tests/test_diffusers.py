@@ -1,0 +1,338 @@
+"""label_merge.diffusers: TLAM as the condition encoder of a diffusers ControlNet."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import SPECS, make_labels, make_masks
+
+from label_merge import pack_labels
+from label_merge.label_dicts import packed_channels
+
+H = W = 32  # image size; latents are 4x4 with the factor 8
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+
+def test_core_package_never_imports_diffusers():
+    result = run_python("import sys, label_merge; print('diffusers' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_clear_import_error_without_diffusers():
+    # sys.modules[name] = None makes `import name` fail, as if the package were not installed.
+    result = run_python("import sys; sys.modules['diffusers'] = None; import label_merge.diffusers")
+    assert result.returncode != 0
+    assert 'pip install "label-merge[diffusers]"' in result.stderr
+
+
+@pytest.fixture(scope="module")
+def lm_diffusers():
+    pytest.importorskip("diffusers")
+    import label_merge.diffusers as module
+
+    return module
+
+
+@pytest.fixture(scope="module")
+def unet(lm_diffusers):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=H // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+    )
+
+
+def make_controlnet(lm_diffusers, unet, resolution="latent", **config):
+    torch.manual_seed(1)
+    return lm_diffusers.TLAMControlNetModel.from_unet(
+        unet,
+        SPECS,
+        merger_dim=12,
+        merger_depth=1,
+        merger_heads=3,
+        merger_resolution=resolution,
+        conditioning_embedding_out_channels=(4, 4, 4, 8),
+        **config,
+    )
+
+
+def perturb_zero_convs(controlnet, scale=0.1, condition_encoder=True):
+    """Move the zero-initialised convolutions off zero, so the condition reaches the output."""
+    g = torch.Generator().manual_seed(2)
+    convs = [controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks]
+    if condition_encoder:
+        convs.append(controlnet.controlnet_cond_embedding.conv_out)
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * scale)
+
+
+def inputs(B=2):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(B, 4, H // 8, W // 8, generator=g), torch.tensor(500), torch.zeros(B, 1, 8)
+
+
+def residuals(controlnet, **condition):
+    sample, t, text = inputs()
+    out = controlnet(sample, t, text, **condition)
+    return [*out.down_block_res_samples, out.mid_block_res_sample]
+
+
+def test_controlnet_copies_the_unet_and_derives_conditioning_channels(lm_diffusers, unet):
+    controlnet = make_controlnet(lm_diffusers, unet)
+    assert controlnet.config.conditioning_channels == packed_channels(SPECS)
+    assert torch.equal(controlnet.down_blocks[0].resnets[0].conv1.weight, unet.down_blocks[0].resnets[0].conv1.weight)
+    assert list(controlnet.label_specs) == list(SPECS)
+    assert controlnet.merger.out_channels == 12
+
+
+@pytest.mark.parametrize("resolution", ["latent", "image"])
+def test_forward_backward_through_the_unet(lm_diffusers, unet, resolution):
+    controlnet = make_controlnet(lm_diffusers, unet, resolution)
+    labels, masks = make_labels(H=H, W=W), make_masks(H=H, W=W)
+    sample, t, text = inputs()
+    out = controlnet(sample, t, text, labels=labels, masks=masks)
+    prediction = unet(
+        sample,
+        t,
+        text,
+        down_block_additional_residuals=out.down_block_res_samples,
+        mid_block_additional_residual=out.mid_block_res_sample,
+    ).sample
+    assert prediction.shape == sample.shape
+    controlnet.zero_grad()
+    prediction.square().mean().backward()
+    # At initialisation only ControlNet's output zero convolutions learn; everything behind them,
+    # the condition encoder's zero convolution and TLAM included, sees zero gradients by design.
+    assert controlnet.controlnet_mid_block.weight.grad.abs().sum() > 0
+    assert not controlnet.controlnet_cond_embedding.conv_out.weight.grad.any()
+    assert all(p.grad is None or not p.grad.any() for p in controlnet.merger.parameters())
+
+
+def merger_gradients(controlnet, labels, masks):
+    controlnet.zero_grad()
+    sum(r.square().sum() for r in residuals(controlnet, labels=labels, masks=masks)).backward()
+    return {name: p.grad for name, p in controlnet.merger.named_parameters()}
+
+
+@pytest.mark.parametrize("resolution", ["latent", "image"])
+def test_gradients_reach_tlam_once_the_zero_convs_moved(lm_diffusers, unet, resolution):
+    controlnet = make_controlnet(lm_diffusers, unet, resolution)
+    labels, masks = make_labels(H=H, W=W), make_masks(H=H, W=W)
+    conv_out = controlnet.controlnet_cond_embedding.conv_out
+    # Output zero convolutions moved (one optimiser step): the encoder's conv_out learns, TLAM not yet.
+    perturb_zero_convs(controlnet, condition_encoder=False)
+    grads = merger_gradients(controlnet, labels, masks)
+    assert conv_out.weight.grad.abs().sum() > 0
+    assert all(g is None or not g.any() for g in grads.values())
+    # The encoder's conv_out moved too (a second step): now TLAM learns.
+    perturb_zero_convs(controlnet)
+    grads = merger_gradients(controlnet, labels, masks)
+    for name in SPECS:
+        assert grads[f"proj.{name}.weight"].abs().sum() > 0, name
+    assert grads["label_embed"].abs().sum() > 0
+    assert grads["blocks.0.attn.qkv.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("resolution", ["latent", "image"])
+def test_values_at_missing_positions_never_change_the_output(lm_diffusers, unet, resolution):
+    controlnet = make_controlnet(lm_diffusers, unet, resolution).eval()
+    perturb_zero_convs(controlnet)
+    labels, masks = make_labels(H=H, W=W), make_masks(H=H, W=W, p=0.5)
+    poisoned = {}
+    for name, x in labels.items():
+        missing = ~masks[name]
+        if SPECS[name].is_categorical:
+            poisoned[name] = torch.where(missing, 77, x)
+        else:
+            poisoned[name] = torch.where(missing.unsqueeze(1), torch.full_like(x, float("nan")), x)
+    with torch.no_grad():
+        clean = residuals(controlnet, labels=labels, masks=masks)
+        dirty = residuals(controlnet, labels=poisoned, masks=masks)
+        # Sanity: a present value does change it.
+        changed = dict(labels, depth=torch.where(masks["depth"].unsqueeze(1), labels["depth"] + 1, labels["depth"]))
+        moved = residuals(controlnet, labels=changed, masks=masks)
+    for a, b in zip(clean, dirty, strict=True):
+        assert torch.equal(a, b)
+        assert torch.isfinite(b).all()
+    assert any(not torch.equal(a, b) for a, b in zip(clean, moved, strict=True))
+
+
+def test_packed_condition_equals_labels_dict(lm_diffusers, unet):
+    controlnet = make_controlnet(lm_diffusers, unet).eval()
+    perturb_zero_convs(controlnet)
+    labels, masks = make_labels(H=H, W=W), make_masks(H=H, W=W)
+    with torch.no_grad():
+        from_dict = residuals(controlnet, labels=labels, masks=masks)
+        from_packed = residuals(controlnet, controlnet_cond=pack_labels(SPECS, labels, masks))
+    for a, b in zip(from_dict, from_packed, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("resolution", ["latent", "image"])
+def test_save_and_load_restore_every_weight_bitwise(lm_diffusers, unet, resolution, tmp_path):
+    controlnet = make_controlnet(lm_diffusers, unet, resolution, merger_drop="exclude", label_min_present=0.25)
+    perturb_zero_convs(controlnet)
+    with torch.no_grad():
+        controlnet.merger.null_concept.normal_()  # a weight that starts at zero must round-trip too
+    controlnet.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert [entry["name"] for entry in config["label_specs"]] == list(SPECS)  # token order kept
+    semantic = config["label_specs"][0]
+    assert (semantic["kind"], semantic["channels"], semantic["ignore_index"]) == ("categorical", 5, 0)
+    assert config["merger_dim"] == 12 and config["merger_resolution"] == resolution
+
+    loaded = lm_diffusers.TLAMControlNetModel.from_pretrained(tmp_path)
+    before, after = controlnet.state_dict(), loaded.state_dict()
+    assert before.keys() == after.keys()
+    assert any(key.startswith("controlnet_cond_embedding.merger.") for key in after)
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert list(loaded.label_specs.items()) == list(controlnet.label_specs.items())
+    assert loaded.controlnet_cond_embedding.min_present == 0.25
+    labels, masks = make_labels(H=H, W=W), make_masks(H=H, W=W)
+    with torch.no_grad():
+        for a, b in zip(
+            residuals(controlnet, labels=labels, masks=masks),
+            residuals(loaded, labels=labels, masks=masks),
+            strict=True,
+        ):
+            assert torch.equal(a, b)
+
+    half = lm_diffusers.TLAMControlNetModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert half.merger.label_embed.dtype == torch.bfloat16
+    assert torch.equal(half.merger.label_embed, controlnet.merger.label_embed.to(torch.bfloat16))
+
+
+def test_embedder_on_its_own(lm_diffusers):
+    from label_merge import TLAM
+
+    merger = TLAM(SPECS, dim=12, depth=1, heads=3)
+    embed = lm_diffusers.TLAMConditioningEmbedding(merger, 16, downscale_factor=4)
+    labels, masks = make_labels(H=8, W=12), make_masks(H=8, W=12)
+    out = embed(labels, masks)
+    assert out.shape == (2, 16, 2, 3)
+    assert not out.any()  # zero-initialised output convolution
+    assert torch.equal(embed(pack_labels(SPECS, labels, masks)), out)
+
+
+@pytest.mark.parametrize("merger_class", ["CLAM", "NaiveConcat"])
+def test_embedder_takes_the_baseline_mergers(lm_diffusers, merger_class):
+    import label_merge
+
+    merger = getattr(label_merge, merger_class)(SPECS, **({"dim": 12, "depth": 1} if merger_class == "CLAM" else {}))
+    embed = lm_diffusers.TLAMConditioningEmbedding(merger, 16, downscale_factor=2)
+    labels, masks = make_labels(H=8, W=8), make_masks(H=8, W=8)
+    assert embed(pack_labels(SPECS, labels, masks)).shape == (2, 16, 4, 4)
+
+
+def test_errors(lm_diffusers, unet):
+    from label_merge import TLAM
+
+    controlnet = make_controlnet(lm_diffusers, unet)
+    labels = make_labels(H=H, W=W)
+    sample, t, text = inputs()
+    with pytest.raises(ValueError, match="either"):
+        controlnet(sample, t, text)
+    with pytest.raises(ValueError, match="either"):
+        controlnet(sample, t, text, pack_labels(SPECS, labels), labels=labels)
+    with pytest.raises(ValueError, match="divisible"):
+        controlnet(sample, t, text, labels=make_labels(H=30, W=32))
+    with pytest.raises(ValueError, match="conditioning_channels"):
+        make_controlnet(lm_diffusers, unet, conditioning_channels=3)
+    with pytest.raises(ValueError, match="rgb"):
+        make_controlnet(lm_diffusers, unet, controlnet_conditioning_channel_order="bgr")
+    with pytest.raises(ValueError, match="block_out_channels"):
+        make_controlnet(lm_diffusers, unet, "image", label_downscale_factor=4)
+    with pytest.raises(TypeError, match="UNet2DConditionModel"):
+        lm_diffusers.TLAMControlNetModel.from_unet(torch.nn.Linear(2, 2), SPECS)
+    merger = TLAM(SPECS, dim=12, depth=1, heads=3)
+    with pytest.raises(ValueError, match="resolution"):
+        lm_diffusers.TLAMConditioningEmbedding(merger, 8, resolution="pixel")
+    with pytest.raises(ValueError, match="power of two"):
+        lm_diffusers.TLAMConditioningEmbedding(merger, 8, downscale_factor=3)
+    with pytest.raises(TypeError, match="labels dict"):
+        lm_diffusers.TLAMConditioningEmbedding(merger, 8)([labels])
+
+
+def test_docstring_examples(lm_diffusers):
+    result = doctest.testmod(lm_diffusers)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------- the training example
+
+TINY_RUN = ["--resolution", "16", "--train-samples", "4", "--test-samples", "2", "--steps", "2"]
+TINY_RUN += ["--batch-size", "2", "--unet-width", "8", "--merger-dim", "6", "--sample-steps", "2", "--log-every", "1"]
+
+
+def check_run(lm_diffusers, out, metrics):
+    assert metrics["steps"] == 2 and metrics["final_loss"] > 0
+    assert (out / "samples.png").is_file()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    from examples.datasets.synthetic import SyntheticDataset
+
+    loaded = lm_diffusers.TLAMControlNetModel.from_pretrained(out / "controlnet")
+    specs = SyntheticDataset(1, resolution=16, labels=["semantic", "depth", "normal", "edge"]).label_specs
+    assert list(loaded.label_specs.items()) == list(specs.items())  # every spec field survives the config
+
+
+@pytest.mark.slow
+def test_training_example_runs_from_a_config(lm_diffusers, tmp_path):
+    from examples.train_controlnet_tlam import main
+
+    metrics = main([*TINY_RUN, "--out", str(tmp_path / "run"), "--merger-resolution", "image"])
+    check_run(lm_diffusers, tmp_path / "run", metrics)
+
+
+@pytest.mark.slow
+def test_training_example_reads_a_local_stable_diffusion_folder(lm_diffusers, tmp_path):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from examples.train_controlnet_tlam import main
+
+    folder = tmp_path / "sd"
+    UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8,
+        attention_head_dim=2,
+    ).save_pretrained(folder / "unet")
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(folder / "vae")
+    DDPMScheduler().save_pretrained(folder / "scheduler")
+
+    metrics = main([*TINY_RUN, "--out", str(tmp_path / "run"), "--pretrained", str(folder)])
+    check_run(lm_diffusers, tmp_path / "run", metrics)
+    # VAE factor 2: the latent-resolution merger saw 8x8 labels.
+    config = json.loads((tmp_path / "run" / "controlnet" / "config.json").read_text())
+    assert config["label_downscale_factor"] == 2 and config["in_channels"] == 4
