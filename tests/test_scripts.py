@@ -17,6 +17,7 @@ SCRIPTS = [
     "examples/visualize.py",
     "benchmarks/bench_merger.py",
     "benchmarks/bench_synthetic.py",
+    "benchmarks/cuda_check.py",
     "benchmarks/kernel_resources.py",
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",

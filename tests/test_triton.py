@@ -558,6 +558,32 @@ def test_device_guard_selects_the_tensors_cuda_device(monkeypatch):
     assert chosen == [torch.device("cuda", 1)]
 
 
+def test_cuda_check_parity_and_determinism_steps(monkeypatch):
+    """benchmarks/cuda_check.py's checks on a few pixels (in the interpreter without a GPU) and its summary."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cuda_check
+
+    parity = cuda_check.parity_case("bfloat16", "exclude", 5, device=DEVICE.type, pixels=5, depth=1)
+    determinism = cuda_check.determinism_case(device=DEVICE.type, pixels=3, depth=1)
+    assert parity["finite"] and parity["worst_error_ratio"] > 0
+    assert determinism["deterministic_runs_identical"]
+    rows = cuda_check.summarize({"parity": [parity], "determinism": determinism})
+    assert [status for status, _, _ in rows] == ["pass", "pass"]
+    assert "N=5" in rows[0][1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_check_without_a_gpu_explains_and_dry_run_plans():
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
+    script = [sys.executable, "benchmarks/cuda_check.py"]
+    done = subprocess.run(script, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr, done.stderr[-2000:]
+    plan = subprocess.run([*script, "--dry-run"], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    for expected in ("pytest -m gpu", "float16/exclude/N=16", "8x256x512 1x1024x2048 16x512x1024"):
+        assert expected in plan.stdout
+
+
 # ----------------------------------------------------------------------------- tiling arithmetic
 
 
