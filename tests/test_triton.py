@@ -502,11 +502,11 @@ def test_deterministic_weight_gradients_do_not_depend_on_program_order(monkeypat
 
     monkeypatch.setattr(
         launch, "BACKWARD_CONFIG", launch.LaunchConfig(16, 4, num_slots=2, deterministic_programs=2)
-    )  # 13 tiles over 2 programs / 2 slots
+    )  # 16-row tiles of 3 pixels: 6 tiles over 2 programs / 2 slots
     blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=1, seed=15)
-    z, present = make_tokens(37, 5, 32, seed=15)
+    z, present = make_tokens(17, 5, 32, seed=15)
     null = torch.randn(32, device=DEVICE)
-    upstream = torch.randn(37, 32, device=DEVICE)
+    upstream = torch.randn(17, 32, device=DEVICE)
 
     def grads(*, deterministic, reverse):
         with monkeypatch.context() as patch:
