@@ -483,6 +483,29 @@ def test_double_backward_is_exact(monkeypatch):
     assert max(r.norm() for r in ref_second[1:]) > 0  # the parameters' second-order terms are not trivially zero
 
 
+@pytest.mark.parametrize("failing", ["block_forward", "block_backward"])
+def test_launch_out_of_resources_falls_back_to_the_reference(monkeypatch, failing):
+    """A kernel that does not fit the GPU (an estimate too low) runs through the reference, with a warning."""
+    from triton.runtime.errors import OutOfResources
+
+    from label_merge._triton import autograd
+
+    def out_of_resources(*args, **kwargs):
+        raise OutOfResources(300_000, 232_448, "shared memory")
+
+    monkeypatch.setattr(autograd, failing, out_of_resources)
+    blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=2, seed=17)
+    z, present = make_tokens(6, 3, 32, seed=17)
+    null = torch.randn(32, device=DEVICE)
+    upstream = torch.randn(6, 32, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="do not fit this GPU"):
+        out, grads = run(encode_tokens, z, present, blocks, "exclude", null, upstream)
+    ref, ref_grads = run(reference.encode_tokens, z, present, blocks, "exclude", null, upstream)
+    assert rel_err(out, ref) < 1e-5
+    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads, strict=True):
+        assert rel_err(g, r) < 1e-5, name
+
+
 def _reversed_program_order(monkeypatch):
     """Make Triton's interpreter run a launch's programs last to first."""
     from triton.runtime import interpreter
