@@ -27,6 +27,7 @@ forward (the fused backward also recomputes the forward: 4x, not counted). The r
     python benchmarks/bench_merger.py                 # CUDA if present (bf16), else a small CPU run
     python benchmarks/bench_merger.py --no-tune --backward-config 128x8   # fixed fused launches
     python benchmarks/bench_merger.py --quick         # fewer sizes and repeats
+    python benchmarks/bench_merger.py --cases 8x256x512 1x1024x2048   # exact B x H x W sizes
     python benchmarks/bench_merger.py --device cpu --threads 1 --resolutions 32x32 64x64 --batches 1 2
 
 On CUDA the fused kernels' launch configurations (rows x warps per program) are first timed
@@ -501,6 +502,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--resolutions", nargs="+", help="HxW, e.g. 256x512")
     parser.add_argument("--batches", nargs="+", type=int)
+    parser.add_argument(
+        "--cases", nargs="+", help="exact BxHxW sizes, e.g. 8x256x512 (instead of resolutions x batches)"
+    )
     parser.add_argument("--max-pixels", type=int, default=CUDA_MAX_PIXELS)
     parser.add_argument("--drop", choices=("zero", "exclude"), default="zero")
     parser.add_argument("--warmup", type=int)
@@ -539,7 +543,11 @@ def main() -> None:
         {(b, h, w) for (h, w) in resolutions for b in batches if b * h * w <= args.max_pixels},
         key=lambda c: (c[0] * c[1] * c[2], c),
     )
-    if cuda and not args.batches and not args.resolutions and not args.quick:
+    if args.cases:
+        cases = sorted(
+            {tuple(int(v) for v in c.lower().split("x")) for c in args.cases}, key=lambda c: (c[0] * c[1] * c[2], c)
+        )
+    elif cuda and not args.batches and not args.resolutions and not args.quick:
         cases = sorted(
             set(cases) | {(8, 256, 512), (1, 1024, 2048), (16, 512, 1024)}, key=lambda c: (c[0] * c[1] * c[2], c)
         )

@@ -41,6 +41,10 @@ def triton_unavailable_reasons(
         device: Device of the inputs.
         dtype: Dtype the tokens will have.
         module: The merger, whose configuration the kernels may not support.
+
+    Besides Triton and the device type, this lists what
+    :func:`label_merge._triton.unsupported_reasons` finds: dtype and shapes, and on a GPU the
+    vendor (NVIDIA only), the compute capability and the kernels' shared memory.
     """
     reasons = []
     if importlib.util.find_spec("triton") is None:
@@ -53,7 +57,7 @@ def triton_unavailable_reasons(
     if not reasons:
         from ._triton import unsupported_reasons  # imported lazily: Triton is optional
 
-        reasons.extend(unsupported_reasons(dtype, module))
+        reasons.extend(unsupported_reasons(dtype, module, device))
     return reasons
 
 

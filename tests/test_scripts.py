@@ -18,6 +18,7 @@ SCRIPTS = [
     "examples/visualize.py",
     "benchmarks/bench_merger.py",
     "benchmarks/bench_synthetic.py",
+    "benchmarks/cuda_check.py",
     "benchmarks/kernel_resources.py",
     "benchmarks/label_balance.py",
     "benchmarks/merger_probe.py",

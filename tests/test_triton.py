@@ -418,6 +418,193 @@ def test_kernels_compile_for_h100():
         assert row["wgmma"] > 0 and row["vector_loads"] > 0, row
 
 
+# ----------------------------------------------------------------------------- what only a GPU would hit
+
+
+@pytest.fixture
+def restore_tf32_settings():
+    """Put PyTorch's TF32 settings back as they were, through the API that set them."""
+    matmul = torch.backends.cuda.matmul
+    saved = (torch.get_float32_matmul_precision(), matmul.fp32_precision, torch.backends.fp32_precision)
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.fp32_precision = saved[2]
+    matmul.fp32_precision = saved[1]
+
+
+def test_float32_precision_follows_either_tf32_api(restore_tf32_settings):
+    """The compiled path's dot precision reads TF32 through the API torch has, never the mixed read that raises."""
+    from label_merge._triton.launch import _precision
+
+    matmul = torch.backends.cuda.matmul
+    matmul.fp32_precision = "tf32"  # new API; reading the legacy flag now raises in torch >= 2.9
+    assert _precision(torch.float32, interpreted=False) == "tf32"
+    matmul.fp32_precision = "ieee"
+    assert _precision(torch.float32, interpreted=False) == "tf32x3"
+    matmul.allow_tf32 = True  # legacy API
+    assert _precision(torch.float32, interpreted=False) == "tf32"
+    matmul.allow_tf32 = False
+    assert _precision(torch.float32, interpreted=False) == "tf32x3"
+    matmul.fp32_precision = "none"
+    torch.backends.fp32_precision = "tf32"  # inherited from the global setting
+    assert _precision(torch.float32, interpreted=False) == "tf32"
+    assert _precision(torch.bfloat16, interpreted=False) == "ieee"  # 16-bit operands ignore it
+    assert _precision(torch.float32, interpreted=True) == "ieee"
+
+
+def test_double_backward_is_exact(monkeypatch):
+    """Gradients of gradients (create_graph=True) through the fused path equal the reference's.
+
+    The upstream gradient is a constant, the case where a non-differentiable backward would
+    silently leave out every second-order term that comes through the parameters. (On CPU the
+    reference's attention goes through SDPA, which has no double backward; the explicit form
+    computes the same function and is what runs on CUDA.)
+    """
+    monkeypatch.setattr(reference, "_use_cpu_fused_attention", lambda x: False)
+    blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=2, seed=14)
+    z, present = make_tokens(7, 3, 32, seed=14)
+    null = torch.randn(32, device=DEVICE)
+    upstream = torch.randn(7, 32, device=DEVICE)
+
+    def second_order(encode):
+        zz = z.detach().requires_grad_(True)
+        out = encode(zz, present, blocks, drop="exclude", null_concept=null)
+        inputs = [zz, *blocks.parameters()]
+        first = torch.autograd.grad(out, inputs, upstream, create_graph=True)
+        penalty = sum(g.square().sum() for g in first)
+        second = torch.autograd.grad(penalty, inputs, allow_unused=True, materialize_grads=True)
+        return [g.detach() for g in first], list(second)
+
+    first, second = second_order(encode_tokens)
+    ref_first, ref_second = second_order(reference.encode_tokens)
+    labels = [f"first {n}" for n in names(blocks, "zero")] + [f"second {n}" for n in names(blocks, "zero")]
+    for name, g, r in zip(labels, first + second, ref_first + ref_second, strict=True):
+        assert rel_err(g, r) < 1e-5, name
+    assert max(r.norm() for r in ref_second[1:]) > 0  # the parameters' second-order terms are not trivially zero
+
+
+@pytest.mark.parametrize("failing", ["block_forward", "block_backward"])
+def test_launch_out_of_resources_falls_back_to_the_reference(monkeypatch, failing):
+    """A kernel that does not fit the GPU (an estimate too low) runs through the reference, with a warning."""
+    from triton.runtime.errors import OutOfResources
+
+    from label_merge._triton import autograd
+
+    def out_of_resources(*args, **kwargs):
+        raise OutOfResources(300_000, 232_448, "shared memory")
+
+    monkeypatch.setattr(autograd, failing, out_of_resources)
+    blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=2, seed=17)
+    z, present = make_tokens(6, 3, 32, seed=17)
+    null = torch.randn(32, device=DEVICE)
+    upstream = torch.randn(6, 32, device=DEVICE)
+    with pytest.warns(RuntimeWarning, match="do not fit this GPU"):
+        out, grads = run(encode_tokens, z, present, blocks, "exclude", null, upstream)
+    ref, ref_grads = run(reference.encode_tokens, z, present, blocks, "exclude", null, upstream)
+    assert rel_err(out, ref) < 1e-5
+    for name, g, r in zip(names(blocks, "exclude"), grads, ref_grads, strict=True):
+        assert rel_err(g, r) < 1e-5, name
+
+
+def _reversed_program_order(monkeypatch):
+    """Make Triton's interpreter run a launch's programs last to first."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    original = builder.set_grid_idx
+    monkeypatch.setattr(builder, "set_grid_idx", lambda x, y, z: original(builder.grid_dim[0] - 1 - x, y, z))
+
+
+def test_deterministic_weight_gradients_do_not_depend_on_program_order(monkeypatch):
+    """With deterministic algorithms on, reversing the programs' order leaves every gradient bit unchanged.
+
+    The same reversal changes the atomic (default) path's bits, which shows that the check
+    can see an order dependence at all.
+    """
+    from label_merge._triton import launch
+
+    monkeypatch.setattr(
+        launch, "BACKWARD_CONFIG", launch.LaunchConfig(16, 4, num_slots=2, deterministic_programs=2)
+    )  # 16-row tiles of 3 pixels: 6 tiles over 2 programs / 2 slots
+    blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=1, seed=15)
+    z, present = make_tokens(17, 5, 32, seed=15)
+    null = torch.randn(32, device=DEVICE)
+    upstream = torch.randn(17, 32, device=DEVICE)
+
+    def grads(*, deterministic, reverse):
+        with monkeypatch.context() as patch:
+            if reverse:
+                _reversed_program_order(patch)
+            patch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+            return run(encode_tokens, z, present, blocks, "exclude", null, upstream)[1]
+
+    forward = grads(deterministic=True, reverse=False)
+    backward = grads(deterministic=True, reverse=True)
+    for name, a, b in zip(names(blocks, "exclude"), forward, backward, strict=True):
+        assert torch.equal(a, b), name
+    _, ref_grads = run(reference.encode_tokens, z, present, blocks, "exclude", null, upstream)
+    for name, g, r in zip(names(blocks, "exclude"), forward, ref_grads, strict=True):
+        assert rel_err(g, r) < 1e-5, name
+    atomic = grads(deterministic=False, reverse=False)
+    atomic_reversed = grads(deterministic=False, reverse=True)
+    assert any(not torch.equal(a, b) for a, b in zip(atomic, atomic_reversed, strict=True))
+
+
+def test_every_launch_runs_under_a_guard_for_the_tensors_device(monkeypatch):
+    """Kernels launch on the current CUDA device, so each launch makes the tokens' device current."""
+    import contextlib
+
+    from label_merge._triton import launch
+
+    entered = []
+
+    def recording_guard(device):
+        entered.append(device)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(launch, "_device_guard", recording_guard)
+    blocks = make_blocks(32, heads=2, mlp_ratio=2.0, depth=2, seed=16)
+    z, present = make_tokens(5, 3, 32, seed=16)
+    run(encode_tokens, z, present, blocks, "zero", None, torch.randn(5, 32, device=DEVICE))
+    assert entered == [z.device] * 4  # two forward launches, two backward (each guarding both kernels)
+
+
+def test_device_guard_selects_the_tensors_cuda_device(monkeypatch):
+    from label_merge._triton import launch
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: chosen.append(device) or "guard")
+    assert launch._device_guard(torch.device("cuda", 1)) == "guard"
+    assert chosen == [torch.device("cuda", 1)]
+    with launch._device_guard(torch.device("cpu")):
+        pass
+    assert chosen == [torch.device("cuda", 1)]
+
+
+def test_cuda_check_parity_step(monkeypatch):
+    """benchmarks/cuda_check.py's parity check on a few pixels (in the interpreter without a GPU) and its summary."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cuda_check
+
+    parity = cuda_check.parity_case("bfloat16", "exclude", 5, device=DEVICE.type, pixels=5, depth=1)
+    assert parity["finite"] and parity["worst_error_ratio"] > 0
+    rows = cuda_check.summarize({"parity": [parity]})
+    assert rows == [(parity["status"], "parity bfloat16 drop=exclude N=5", rows[0][2])]
+    assert parity["status"] == "pass", parity["failures"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_check_without_a_gpu_explains_and_dry_run_plans():
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
+    script = [sys.executable, "benchmarks/cuda_check.py"]
+    done = subprocess.run(script, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr, done.stderr[-2000:]
+    plan = subprocess.run([*script, "--dry-run"], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    for expected in ("pytest -m gpu", "float16/exclude/N=16", "8x256x512 1x1024x2048 16x512x1024"):
+        assert expected in plan.stdout
+
+
 # ----------------------------------------------------------------------------- tiling arithmetic
 
 

@@ -45,7 +45,7 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             out[name] = f"*{dtype}"
         elif name == "key_mask_ptr":
             out[name] = "*u8"
-        elif name in ("P", "slot_stride", "num_slots"):
+        elif name in ("P", "slot_stride", "num_slots", "num_tiles"):
             out[name] = "i32"
         elif name.startswith("eps") or name.endswith("scale"):
             out[name] = "fp32"
@@ -66,6 +66,7 @@ def compile_kernel(
     *,
     key_mask: bool = True,
     capability: int = 90,
+    deterministic: bool = False,
 ) -> dict:
     """Build one kernel for ``sm_<capability>`` and return its resource usage.
 
@@ -76,6 +77,8 @@ def compile_kernel(
         config: Rows and warps per program.
         key_mask: Build the exclude-mode variant (with a key mask).
         capability: Compute capability, 90 for an H100.
+        deterministic: Build the backward kernels' deterministic variant (one gradient slot
+            per program, ``OWN_SLOT``).
 
     Returns:
         ``{"registers", "spill_stack_bytes", "shared_bytes", "wgmma", "mma_sync", "vector_loads",
@@ -99,6 +102,8 @@ def compile_kernel(
     params = inspect.signature(fn.fn).parameters
     constexprs = {k: v for k, v in shape.constexprs(config.max_hidden_chunk).items() if k in params}
     constexprs.update(BLOCK_M=config.block_m, HAS_KEY_MASK=key_mask, PREC="tf32x3" if dtype == "fp32" else "ieee")
+    if "OWN_SLOT" in params:
+        constexprs["OWN_SLOT"] = deterministic
     signature = _signature(fn, dtype, constexprs)
     names = list(signature)
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, v in signature.items() if v.startswith("*")}

@@ -16,7 +16,10 @@ a block-diagonal "same pixel" mask.
 The forward keeps the residual stream of a tile in fp32 registers for the whole block and
 writes only the block output. Weight gradients are per-tile fp32 partial sums (a ``tl.dot``
 over the tile's rows) added with relaxed atomics into one of ``num_slots`` copies of the
-gradient (slot = program id modulo ``num_slots``), which the host sums afterwards.
+gradient, which the host sums afterwards: by default slot = program id modulo ``num_slots``
+(one program per tile; the order of the additions varies from run to run), or, with the
+``OWN_SLOT`` variant, one slot per program and a fixed sequence of tiles per program
+(deterministic).
 
 Weight and bias tiles are read without masks: the host checks that every width is an exact
 multiple of its chunk. Token rows are always masked; padding rows and rows past ``P`` load
@@ -84,7 +87,7 @@ def _tile_rows(pid, P, N: tl.constexpr, G: tl.constexpr, PG: tl.constexpr, BLOCK
     """Global token row (int64) and validity of each of this program's ``BLOCK_M`` rows."""
     r = tl.arange(0, BLOCK_M)
     j = r % G  # row inside its group
-    pix = pid.to(tl.int64) * ((BLOCK_M // G) * PG) + (r // G) * PG + j // N
+    pix = tl.cast(pid, tl.int64) * ((BLOCK_M // G) * PG) + (r // G) * PG + j // N
     valid = (j < PG * N) & (pix < P)
     return pix * N + j % N, valid
 
@@ -424,8 +427,10 @@ def block_forward_kernel(
     _store_chunks(y_ptr, ys, row, valid, E, NC)
 
 
-@triton.jit
-def mlp_backward_kernel(
+@_device_function
+def _mlp_backward_tile(
+    tile,
+    slot_index,
     x_ptr,
     dy_ptr,
     dx1_ptr,
@@ -450,7 +455,6 @@ def mlp_backward_kernel(
     g_fc2_w,
     g_fc2_b,
     slot_stride,
-    num_slots,
     eps1,
     eps2,
     qk_scale,
@@ -465,20 +469,13 @@ def mlp_backward_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Backward of the MLP half: ``dx1 = dy + d(fc2(GELU(fc1(LN2(x1)))))/dx1 . dy``.
-
-    Recomputes ``x1`` from the block input ``x``. ``g_*`` point into slot 0 of
-    ``(num_slots, slot_stride)`` fp32 buffers; this program adds its partial sums into slot
-    ``program_id % num_slots``. Rows that are padding or past ``P`` load ``dy = 0`` and so add
-    nothing to any gradient.
-    """
+    """One tile of :func:`mlp_backward_kernel`, adding its partial gradients into slot ``slot_index``."""
     D: tl.constexpr = NC * E
     F: tl.constexpr = NF * FC
     dt = qkv_w.dtype.element_ty
-    pid = tl.program_id(0)
-    row, valid = _tile_rows(pid, P, N, G, PG, BLOCK_M)
+    row, valid = _tile_rows(tile, P, N, G, PG, BLOCK_M)
     allowed = _allowed_keys(key_mask_ptr, row, valid, N, G, PG, BLOCK_M, HAS_KEY_MASK)
-    slot = (pid % num_slots).to(tl.int64) * slot_stride
+    slot = tl.cast(slot_index, tl.int64) * slot_stride
     g_ln2_w = _slot(g_ln2_w, slot)
     g_ln2_b = _slot(g_ln2_b, slot)
     g_fc1_w = _slot(g_fc1_w, slot)
@@ -544,6 +541,149 @@ def mlp_backward_kernel(
     _store_chunks(dx1_ptr, dx1s, row, valid, E, NC)
 
 
+@triton.jit
+def mlp_backward_kernel(
+    x_ptr,
+    dy_ptr,
+    dx1_ptr,
+    key_mask_ptr,
+    P,
+    ln1_w,
+    ln1_b,
+    qkv_w,
+    qkv_b,
+    proj_w,
+    proj_b,
+    ln2_w,
+    ln2_b,
+    fc1_w,
+    fc1_b,
+    fc2_w,
+    fc2_b,
+    g_ln2_w,
+    g_ln2_b,
+    g_fc1_w,
+    g_fc1_b,
+    g_fc2_w,
+    g_fc2_b,
+    slot_stride,
+    num_slots,
+    num_tiles,
+    eps1,
+    eps2,
+    qk_scale,
+    N: tl.constexpr,
+    G: tl.constexpr,
+    PG: tl.constexpr,
+    E: tl.constexpr,
+    NC: tl.constexpr,
+    FC: tl.constexpr,
+    NF: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    PREC: tl.constexpr,
+    OWN_SLOT: tl.constexpr,
+):
+    """Backward of the MLP half: ``dx1 = dy + d(fc2(GELU(fc1(LN2(x1)))))/dx1 . dy``.
+
+    Recomputes ``x1`` from the block input ``x``. ``g_*`` point into slot 0 of
+    ``(num_slots, slot_stride)`` fp32 buffers. With ``OWN_SLOT`` off there is one program per
+    tile and it adds its partial sums into slot ``program_id % num_slots`` (atomics from several
+    programs meet, in no fixed order); with ``OWN_SLOT`` on there are ``num_slots`` programs,
+    program ``p`` alone writes slot ``p`` and handles tiles ``p, p + num_slots, ...`` in that
+    order, so the sums are bit-reproducible. Rows that are padding or past ``P`` load ``dy = 0``
+    and so add nothing to any gradient.
+    """
+    pid = tl.program_id(0)
+    if OWN_SLOT:
+        # Deterministic order: this program owns slot `pid` and adds its tiles one after another.
+        for tile in tl.range(pid, num_tiles, tl.num_programs(0)):
+            _mlp_backward_tile(
+                tile,
+                pid,
+                x_ptr,
+                dy_ptr,
+                dx1_ptr,
+                key_mask_ptr,
+                P,
+                ln1_w,
+                ln1_b,
+                qkv_w,
+                qkv_b,
+                proj_w,
+                proj_b,
+                ln2_w,
+                ln2_b,
+                fc1_w,
+                fc1_b,
+                fc2_w,
+                fc2_b,
+                g_ln2_w,
+                g_ln2_b,
+                g_fc1_w,
+                g_fc1_b,
+                g_fc2_w,
+                g_fc2_b,
+                slot_stride,
+                eps1,
+                eps2,
+                qk_scale,
+                N,
+                G,
+                PG,
+                E,
+                NC,
+                FC,
+                NF,
+                BLOCK_M,
+                HAS_KEY_MASK,
+                PREC,
+            )
+            tl.debug_barrier()  # this tile's additions are done before the next tile's
+    else:
+        _mlp_backward_tile(
+            pid,
+            pid % num_slots,
+            x_ptr,
+            dy_ptr,
+            dx1_ptr,
+            key_mask_ptr,
+            P,
+            ln1_w,
+            ln1_b,
+            qkv_w,
+            qkv_b,
+            proj_w,
+            proj_b,
+            ln2_w,
+            ln2_b,
+            fc1_w,
+            fc1_b,
+            fc2_w,
+            fc2_b,
+            g_ln2_w,
+            g_ln2_b,
+            g_fc1_w,
+            g_fc1_b,
+            g_fc2_w,
+            g_fc2_b,
+            slot_stride,
+            eps1,
+            eps2,
+            qk_scale,
+            N,
+            G,
+            PG,
+            E,
+            NC,
+            FC,
+            NF,
+            BLOCK_M,
+            HAS_KEY_MASK,
+            PREC,
+        )
+
+
 @_device_function
 def _qkv_backward(
     grad,
@@ -569,8 +709,10 @@ def _qkv_backward(
     return out
 
 
-@triton.jit
-def attention_backward_kernel(
+@_device_function
+def _attention_backward_tile(
+    tile,
+    slot_index,
     x_ptr,
     dx1_ptr,
     dx_ptr,
@@ -588,7 +730,6 @@ def attention_backward_kernel(
     g_proj_w,
     g_proj_b,
     slot_stride,
-    num_slots,
     eps1,
     qk_scale,
     sm_scale,
@@ -601,18 +742,13 @@ def attention_backward_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Backward of the attention half: ``dx = dx1 + d(proj(MSA(LN1(x))))/dx . dx1``.
-
-    Recomputes LN1, q, k, v and the probabilities head by head from ``x``; gradient buffers
-    as in :func:`mlp_backward_kernel`.
-    """
+    """One tile of :func:`attention_backward_kernel`, adding its partial gradients into slot ``slot_index``."""
     D: tl.constexpr = NC * E
     NG: tl.constexpr = BLOCK_M // G
     dt = qkv_w.dtype.element_ty
-    pid = tl.program_id(0)
-    row, valid = _tile_rows(pid, P, N, G, PG, BLOCK_M)
+    row, valid = _tile_rows(tile, P, N, G, PG, BLOCK_M)
     allowed = _allowed_keys(key_mask_ptr, row, valid, N, G, PG, BLOCK_M, HAS_KEY_MASK)
-    slot = (pid % num_slots).to(tl.int64) * slot_stride
+    slot = tl.cast(slot_index, tl.int64) * slot_stride
     g_ln1_w = _slot(g_ln1_w, slot)
     g_ln1_b = _slot(g_ln1_b, slot)
     g_qkv_w = _slot(g_qkv_w, slot)
@@ -663,3 +799,114 @@ def attention_backward_kernel(
         NC,
     )
     _store_chunks(dx_ptr, dxs, row, valid, E, NC)
+
+
+@triton.jit
+def attention_backward_kernel(
+    x_ptr,
+    dx1_ptr,
+    dx_ptr,
+    key_mask_ptr,
+    P,
+    ln1_w,
+    ln1_b,
+    qkv_w,
+    qkv_b,
+    proj_w,
+    g_ln1_w,
+    g_ln1_b,
+    g_qkv_w,
+    g_qkv_b,
+    g_proj_w,
+    g_proj_b,
+    slot_stride,
+    num_slots,
+    num_tiles,
+    eps1,
+    qk_scale,
+    sm_scale,
+    N: tl.constexpr,
+    G: tl.constexpr,
+    PG: tl.constexpr,
+    E: tl.constexpr,
+    NC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    PREC: tl.constexpr,
+    OWN_SLOT: tl.constexpr,
+):
+    """Backward of the attention half: ``dx = dx1 + d(proj(MSA(LN1(x))))/dx . dx1``.
+
+    Recomputes LN1, q, k, v and the probabilities head by head from ``x``; gradient buffers
+    as in :func:`mlp_backward_kernel`.
+    """
+    pid = tl.program_id(0)
+    if OWN_SLOT:
+        # Deterministic order, as in mlp_backward_kernel.
+        for tile in tl.range(pid, num_tiles, tl.num_programs(0)):
+            _attention_backward_tile(
+                tile,
+                pid,
+                x_ptr,
+                dx1_ptr,
+                dx_ptr,
+                key_mask_ptr,
+                P,
+                ln1_w,
+                ln1_b,
+                qkv_w,
+                qkv_b,
+                proj_w,
+                g_ln1_w,
+                g_ln1_b,
+                g_qkv_w,
+                g_qkv_b,
+                g_proj_w,
+                g_proj_b,
+                slot_stride,
+                eps1,
+                qk_scale,
+                sm_scale,
+                N,
+                G,
+                PG,
+                E,
+                NC,
+                BLOCK_M,
+                HAS_KEY_MASK,
+                PREC,
+            )
+            tl.debug_barrier()
+    else:
+        _attention_backward_tile(
+            pid,
+            pid % num_slots,
+            x_ptr,
+            dx1_ptr,
+            dx_ptr,
+            key_mask_ptr,
+            P,
+            ln1_w,
+            ln1_b,
+            qkv_w,
+            qkv_b,
+            proj_w,
+            g_ln1_w,
+            g_ln1_b,
+            g_qkv_w,
+            g_qkv_b,
+            g_proj_w,
+            g_proj_b,
+            slot_stride,
+            eps1,
+            qk_scale,
+            sm_scale,
+            N,
+            G,
+            PG,
+            E,
+            NC,
+            BLOCK_M,
+            HAS_KEY_MASK,
+            PREC,
+        )
