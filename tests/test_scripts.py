@@ -13,6 +13,7 @@ SCRIPTS = [
     "examples/train_asap_tlam.py",
     "examples/generate.py",
     "examples/evaluate.py",
+    "examples/train_label_estimator.py",
     "examples/edit.py",
     "examples/visualize.py",
     "benchmarks/bench_merger.py",
@@ -21,6 +22,7 @@ SCRIPTS = [
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",
     "docs/scripts/render_synthetic_figure.py",
+    "docs/scripts/render_controllability_figure.py",
 ]
 
 
