@@ -6,9 +6,11 @@
 The estimator is trained once on the real images of the synthetic scenes and cached under
 ``--cache-dir`` (default ``$LABEL_MERGE_CACHE`` or ``~/.cache/label-merge``); evaluations find it
 there. It is then run on held-out scenes (those a run with seed 0 is evaluated on): its score on
-their real images is the ceiling of every controllability figure. Two floors put the ceiling in
-scale: a blank grey image (what the estimator guesses from nothing) and the real image with its
-pixels shuffled within each semantic region (colours kept, shading destroyed).
+their real images is the ceiling of every controllability figure. Three degraded images put the
+ceiling in scale: a blank grey image (what the estimator guesses from nothing), the real image
+with its shading removed (every pixel's colour at the image's median brightness) and the real
+image with its pixels shuffled within each semantic region (colours kept, shading and texture
+destroyed).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from examples.datasets import SyntheticDataset  # noqa: E402
-from examples.metrics.controllability import ConsistencyAccumulator, shuffle_within_regions  # noqa: E402
+from examples.metrics.controllability import (  # noqa: E402
+    ConsistencyAccumulator,
+    remove_shading,
+    shuffle_within_regions,
+)
 from examples.metrics.estimator_training import EstimatorRecipe, obtain_label_estimator  # noqa: E402
 from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402
 from examples.studies.segmenters import file_digest  # noqa: E402
@@ -48,16 +54,18 @@ def held_out_scenes(resolution: int, samples: int) -> SyntheticDataset:
 def measure_ceiling(
     estimator, scenes: SyntheticDataset, *, batch_size: int = 32, device: str = "cpu", progress: bool = True
 ) -> dict:
-    """The estimator's figures on real, blank and region-shuffled images of ``scenes`` (every label given).
+    """The estimator's figures on real, blank, shading-free and region-shuffled images of ``scenes``.
+
+    Every label is given everywhere, so each result holds only the ``given`` split.
 
     Returns:
-        ``{"ceiling": ..., "blank": ..., "region_shuffled": ...}``, each
+        ``{"ceiling": ..., "blank": ..., "shading_removed": ..., "region_shuffled": ...}``, each
         ``{label: {"given": {figure: value}}}``.
     """
     spec = scenes.label_specs["semantic"]
     accumulators = {
         key: ConsistencyAccumulator(estimator, num_classes=spec.num_classes, ignore_index=spec.ignore_index)
-        for key in ("ceiling", "blank", "region_shuffled")
+        for key in ("ceiling", "blank", "shading_removed", "region_shuffled")
     }
     generator = torch.Generator().manual_seed(0)
     loader = DataLoader(scenes, batch_size=batch_size, shuffle=False)
@@ -67,6 +75,7 @@ def measure_ceiling(
         images = {
             "ceiling": real,
             "blank": torch.zeros_like(real),
+            "shading_removed": remove_shading(real),
             "region_shuffled": shuffle_within_regions(real, batch["labels"]["semantic"], generator=generator),
         }
         for key, accumulator in accumulators.items():
@@ -124,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     for label, splits in figures["ceiling"].items():
         row = ", ".join(
             f"{key} {value:.3g} (blank {figures['blank'][label]['given'][key]:.3g}, "
+            f"no shading {figures['shading_removed'][label]['given'][key]:.3g}, "
             f"shuffled {figures['region_shuffled'][label]['given'][key]:.3g})"
             for key, value in splits["given"].items()
             if key != "pixels"

@@ -66,6 +66,7 @@ __all__ = [
     "label_consistency",
     "flatten_consistency",
     "shuffle_within_regions",
+    "remove_shading",
 ]
 
 SPLITS = ("given", "missing")
@@ -460,6 +461,34 @@ def shuffle_within_regions(
     out = torch.empty_like(flat)
     out.scatter_(2, in_place[:, None].expand_as(flat), flat.gather(2, shuffled[:, None].expand_as(flat)))
     return out.view_as(images)
+
+
+def remove_shading(images: torch.Tensor) -> torch.Tensor:
+    """Give every pixel its own colour at the image's median brightness: materials stay, shading goes.
+
+    A diagnostic "generator" whose depth- and orientation-dependent shading is removed: the hue
+    and saturation of every pixel (its material) are kept, its brightness (mean of R, G, B in
+    [0, 1]) is set to the median brightness of the image.
+
+    Args:
+        images: ``(B, 3, H, W)`` in [-1, 1].
+
+    Returns:
+        ``(B, 3, H, W)`` in [-1, 1].
+
+    Example:
+        >>> rgb = torch.tensor([[0.2, 0.4, 0.8], [0.1, 0.2, 0.4], [0.0, 0.0, 0.0]]).view(1, 3, 1, 3)
+        >>> flat = (remove_shading(rgb * 2 - 1) + 1) / 2  # one colour, three brightnesses
+        >>> torch.allclose(flat, torch.tensor([0.4, 0.2, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3))
+        True
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    rgb = (images + 1) / 2
+    brightness = rgb.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    median = brightness.flatten(1).median(dim=1).values[:, None, None, None]  # (B, 1, 1, 1)
+    flat = rgb * median / brightness.clamp_min(1e-6)
+    return flat.clamp(0, 1) * 2 - 1
 
 
 # -- sufficient statistics: (B, S) float64 per split, summed over pixels of each image ------------
