@@ -33,7 +33,6 @@ from examples.metrics.estimator_training import (
     train_label_estimator,
 )
 
-
 CLASSES = SyntheticDataset(1).num_classes
 
 
@@ -228,6 +227,12 @@ def test_a_label_given_nowhere_reports_only_the_missing_split():
     )
     assert sorted(result["depth"]) == ["missing"] and sorted(result["normal"]) == ["missing"]
     assert sorted(result["semantic"]) == ["given"]  # given everywhere: nothing is missing
+    nowhere = {name: torch.zeros_like(mask) for name, mask in batch["masks"].items()}
+    nowhere["semantic"] = batch["masks"]["semantic"]
+    without_truth = label_consistency(
+        batch["image"], batch["labels"], given, LabelEstimator(CLASSES, width=4, depth=1), label_present=nowhere
+    )
+    assert sorted(without_truth) == ["semantic"]  # a label whose truth exists nowhere is not scored
     for name, figures in METRICS.items():
         for split in result[name].values():
             assert sorted(split) == sorted([*figures, "pixels"])

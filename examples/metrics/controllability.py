@@ -267,8 +267,8 @@ class ConsistencyAccumulator:
 
         Returns:
             ``{label: {split: {figure: value, "pixels": count}}}`` for the splits that have
-            pixels, plus ``"ceiling"``: the same for the real images (only when given). Figures
-            are those of :data:`METRICS`.
+            pixels (a label whose truth exists nowhere is left out), plus ``"ceiling"``: the same
+            for the real images (only when given). Figures are those of :data:`METRICS`.
 
         Raises:
             ValueError: If nothing was added.
@@ -304,6 +304,8 @@ class ConsistencyAccumulator:
                     out[name][split] = {
                         key: (int(value[0]) if key == "pixels" else float(value[0])) for key, value in pooled.items()
                     }
+            if not out[name]:
+                del out[name]  # the true label exists nowhere: nothing to score
         return out
 
     def _estimate(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -318,7 +320,7 @@ class ConsistencyAccumulator:
         """``{split: (B, S) float64}`` sufficient statistics of one label for one batch."""
         if name == "semantic":
             target = _class_map(target, "labels['semantic']")
-            prediction = self._semantic_prediction(prediction, size=tuple(target.shape[-2:]))
+            prediction = self._semantic_prediction(prediction, size=tuple(target.shape[-2:]), device=target.device)
             valid = present if self.ignore_index is None else present & (target != self.ignore_index)
             _check_ids(target[valid], self.num_classes, "labels['semantic']")
             splits = {"given": valid & given, "missing": valid & ~given}
@@ -338,8 +340,10 @@ class ConsistencyAccumulator:
         statistics = _STATISTICS[name]
         return {split: statistics(prediction, target, valid, mask) for split, mask in splits.items()}
 
-    def _semantic_prediction(self, prediction: torch.Tensor, *, size: tuple[int, int]) -> torch.Tensor:
-        """Class ids ``(B, H, W)`` from logits ``(B, K, h, w)`` or ids ``(B, h, w)``."""
+    def _semantic_prediction(
+        self, prediction: torch.Tensor, *, size: tuple[int, int], device: torch.device
+    ) -> torch.Tensor:
+        """Class ids ``(B, H, W)`` on ``device`` from logits ``(B, K, h, w)`` or ids ``(B, h, w)``."""
         if not isinstance(prediction, torch.Tensor):
             raise TypeError(f"the estimator's semantic prediction must be a tensor, got {type(prediction).__name__}")
         if prediction.is_floating_point():
@@ -351,14 +355,14 @@ class ConsistencyAccumulator:
                 raise ValueError(f"semantic scores have {prediction.shape[1]} classes, expected {self.num_classes}")
             if tuple(prediction.shape[-2:]) != size:
                 prediction = F.interpolate(prediction.float(), size=size, mode="bilinear", align_corners=False)
-            return prediction.argmax(dim=1)  # (B, H, W)
+            return prediction.argmax(dim=1).to(device)  # (B, H, W)
         if self.num_classes is None:
             raise ValueError("the estimator returns semantic class ids: give num_classes to the accumulator")
         ids = _class_map(prediction, "the semantic prediction")
         if tuple(ids.shape[-2:]) != size:
             ids = F.interpolate(ids[:, None].float(), size=size, mode="nearest")[:, 0].long()  # (B, H, W)
         _check_ids(ids, self.num_classes, "the semantic prediction")
-        return ids
+        return ids.to(device)
 
 
 def label_consistency(
