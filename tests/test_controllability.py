@@ -412,6 +412,9 @@ def test_training_lowers_every_loss():
     for name, losses in result.losses.items():
         assert all(math.isfinite(v) for v in losses)
         assert np.mean(losses[-5:]) < np.mean(losses[:5]), name
+    # a list of collated batches trains the same as the samples it holds, batched in that order
+    batches = train_label_estimator([batch], CLASSES, 2, width=4, depth=1, flip=False)
+    assert len(batches.losses["depth"]) == 2
 
 
 # -- integration: evaluate.py and the evaluator ------------------------------------------------------------

@@ -137,7 +137,7 @@ def train_label_estimator(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     torch.manual_seed(seed)
     model = LabelEstimator(num_classes, labels=tuple(labels), width=width, depth=depth).to(device)
-    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+    if _holds_samples(data):
         data = DataLoader(
             data,
             batch_size=min(batch_size, len(data)),
@@ -194,6 +194,14 @@ def train_label_estimator(
         "seed": seed,
     }
     return EstimatorTraining(model=model.eval(), losses=losses, config=config)
+
+
+def _holds_samples(data) -> bool:
+    """A list or map-style dataset of single samples (an image of 3 dims), not of collated batches."""
+    if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")) or len(data) == 0:
+        return False
+    first = data[0]
+    return isinstance(first, Mapping) and getattr(first.get("image"), "ndim", None) == 3
 
 
 def _collate(samples: Sequence[Mapping]) -> dict:
