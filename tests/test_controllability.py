@@ -329,8 +329,13 @@ def test_bad_inputs_are_rejected_with_clear_errors():
         )
     accumulator = ConsistencyAccumulator(estimator)
     accumulator.update(images, {"depth": depth}, {}, real_images=images)
+    before = flatten_consistency(accumulator.compute())
     with pytest.raises(ValueError, match="every batch or with none"):
         accumulator.update(images, {"depth": depth}, {})
+    with pytest.raises(ValueError, match="label_present"):
+        bad = {"depth": torch.ones(2, 3, 4, dtype=torch.bool)}
+        accumulator.update(images, {"depth": depth}, {}, label_present=bad, real_images=images)
+    assert flatten_consistency(accumulator.compute()) == before and accumulator.num_images == 2  # nothing half-added
     with pytest.raises(ValueError, match="no batch"):
         ConsistencyAccumulator(estimator).compute()
 

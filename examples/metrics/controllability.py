@@ -207,17 +207,18 @@ class ConsistencyAccumulator:
         batch = images.shape[0]
 
         predictions = self._estimate(images)
-        if self._labels is None:
-            self._labels = tuple(name for name in LABEL_CHANNELS if name in labels and name in predictions)
-            self._with_ceiling = with_ceiling
-        missing = [name for name in self._labels if name not in labels or name not in predictions]
+        scored = self._labels
+        if scored is None:
+            scored = tuple(name for name in LABEL_CHANNELS if name in labels and name in predictions)
+        missing = [name for name in scored if name not in labels or name not in predictions]
         if missing:
             raise ValueError(f"this batch lacks label(s) {missing} (in labels or in the estimator's output)")
 
         sources = {"generated": predictions}
         if with_ceiling:
             sources["ceiling"] = self._estimate(real_images)
-        for name in self._labels:
+        new: list[tuple[str, str, str, torch.Tensor]] = []  # kept only once the whole batch is scored
+        for name in scored:
             target = labels[name]
             size = (batch, *target.shape[-2:])
             present = _mask(
@@ -226,8 +227,10 @@ class ConsistencyAccumulator:
             given_mask = _mask(given.get(name), size, f"given[{name!r}]", default=False, device=target.device)
             for source, prediction in sources.items():
                 stats = self._label_statistics(name, prediction[name], target, present, given_mask)
-                for split, value in stats.items():
-                    self._stats[source].setdefault(name, {}).setdefault(split, []).append(value.cpu())
+                new.extend((source, name, split, value.cpu()) for split, value in stats.items())
+        for source, name, split, value in new:
+            self._stats[source].setdefault(name, {}).setdefault(split, []).append(value)
+        self._labels, self._with_ceiling = scored, with_ceiling
         self.num_images += batch
 
     def update_from_batch(
