@@ -4,6 +4,7 @@
     python examples/evaluate.py CHECKPOINT --sparsity 0.5 --drop-label edge --out eval.json
     python examples/evaluate.py CHECKPOINT --fid-weights pt_inception-2015-12-05-6726825d.pth
     python examples/evaluate.py CHECKPOINT --segmenter my_segmenter.safetensors
+    python examples/evaluate.py CHECKPOINT --sparsity 0.5 --controllability
 
 The default evaluation set is the held-out split of the checkpoint's configuration (for the
 synthetic dataset: its held-out scenes). FID and KID use the standard FID Inception features when
@@ -12,6 +13,12 @@ pooled features of the project's small segmenter, and the JSON says they are not
 published FIDs. The segmentation score uses ``--segmenter`` (a SmallSegmenter file) or the small
 segmenter trained on the dataset's real training images, trained once and kept under
 ``--cache-dir`` (default ``$LABEL_MERGE_CACHE`` or ``~/.cache/label-merge``).
+
+``--controllability`` also re-reads every label from the generated images and scores it against
+the scene's true label, separately where the label was given to the model and where it was
+missing, with the same figures on the real images as the ceiling. On the synthetic scenes the
+label estimator is ``--estimator`` (a LabelEstimator file) or the one trained on the scenes'
+real images and cached like the segmenter; on a real dataset only the edges are read (Canny).
 """
 
 from __future__ import annotations
@@ -28,17 +35,26 @@ from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
-from examples.metrics import load_segmenter  # noqa: E402
+from examples.metrics import (  # noqa: E402
+    CannyEdgeEstimator,
+    ConsistencyAccumulator,
+    EstimatorRecipe,
+    load_label_estimator,
+    load_segmenter,
+    obtain_label_estimator,
+)
 from examples.studies.budgets import BUDGETS, resolve_budget  # noqa: E402
-from examples.studies.conditions import LabelCondition  # noqa: E402
+from examples.studies.conditions import LabelCondition, apply_condition  # noqa: E402
 from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402
 from examples.studies.scoring import build_scorer, evaluate_generator, evaluation_loader, fid_weights_from  # noqa: E402
-from examples.studies.segmenters import SegmenterRecipe, obtain_segmenter  # noqa: E402
-from examples.training.builders import build_datasets, label_specs_of, restore_generator  # noqa: E402
+from examples.studies.segmenters import SegmenterRecipe, file_digest, obtain_segmenter  # noqa: E402
+from examples.training.builders import build_datasets, image_size, label_specs_of, restore_generator  # noqa: E402
 from examples.training.checkpoint import CheckpointError  # noqa: E402
+from examples.training.loop import to_device  # noqa: E402
 
-__all__ = ["evaluate_checkpoint", "default_output", "main"]
+__all__ = ["evaluate_checkpoint", "measure_controllability", "default_output", "main"]
 
 
 def default_output(checkpoint: Path, *, split: str, condition: LabelCondition) -> Path:
@@ -73,6 +89,9 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     device: str = "cpu",
     progress: bool = True,
+    controllability: bool = False,
+    estimator: str | os.PathLike | None = None,
+    estimator_recipe: EstimatorRecipe | None = None,
 ) -> dict:
     """Measure a checkpoint on a split of its dataset.
 
@@ -90,9 +109,14 @@ def evaluate_checkpoint(
         batch_size: Generation batch.
         device: Where to run.
         progress: Show progress bars.
+        controllability: Also measure per-label consistency (see :func:`measure_controllability`).
+        estimator: A LabelEstimator file for it, or None for the cached one of the synthetic
+            scenes (trained now if missing); real datasets without a file read edges only (Canny).
+        estimator_recipe: How that estimator is trained (None: the default :class:`EstimatorRecipe`).
 
     Returns:
-        The results (metrics, the networks used, the condition, checkpoint and dataset).
+        The results (metrics, the networks used, the condition, checkpoint and dataset), with
+        ``controllability`` and ``label_estimator`` when asked for.
 
     Raises:
         FileNotFoundError: A missing checkpoint, segmenter or FID weights file.
@@ -150,6 +174,31 @@ def evaluate_checkpoint(
     results = evaluate_generator(
         generator, loader, scorer, condition, device=device, progress=progress, desc=f"evaluating {checkpoint.name}"
     )
+    if controllability:
+        if estimator is not None:
+            reader, reader_name = load_label_estimator(estimator, device=device), _file_name(estimator)
+        elif data.dataset == "synthetic":
+            reader, reader_path = obtain_label_estimator(
+                image_size(data),
+                estimator_recipe or EstimatorRecipe(),
+                cache_dir=cache_dir or default_cache_dir(),
+                device=device,
+                progress=progress,
+            )
+            reader_name = _file_name(reader_path)
+        else:
+            reader, reader_name = CannyEdgeEstimator(), repr(CannyEdgeEstimator())
+        results["controllability"] = measure_controllability(
+            generator,
+            loader,
+            reader,
+            condition,
+            model_labels=list(specs),
+            semantic_spec=semantic_spec,
+            device=device,
+            progress=progress,
+        )
+        results["label_estimator"] = reader_name
     return {
         "checkpoint": str(checkpoint),
         "step": int(checkpoint.stem.split("_")[1]) if checkpoint.stem.startswith("step_") else None,
@@ -162,6 +211,66 @@ def evaluate_checkpoint(
         "machine": machine_info(device),
         "date": utc_now(),
     }
+
+
+@torch.no_grad()
+def measure_controllability(
+    generator: torch.nn.Module,
+    batches,
+    estimator,
+    condition: LabelCondition,
+    *,
+    model_labels: list[str],
+    semantic_spec=None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Per-label consistency of the images ``generator`` makes from ``batches`` under ``condition``.
+
+    The images are generated with the same seeded masks as :func:`evaluate_generator` (the
+    sample's position seeds its sparsity). A label is *given* where the model was given it: where
+    its mask is True, for the labels the model takes; a removed label, or one the model does not
+    take, is missing everywhere.
+
+    Args:
+        generator: ``(labels, masks) -> (image, concept)``.
+        batches: Sample-dict batches in a fixed order.
+        estimator: Reads labels from images (see :mod:`examples.metrics.estimator`).
+        condition: Sparsity and removed labels.
+        model_labels: The labels the model takes.
+        semantic_spec: The dataset's semantic label (classes, ignored id), or None.
+        device: Where the generator runs.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{label: {"given"/"missing": {figure: value}}, "ceiling": ...}`` (see
+        :meth:`~examples.metrics.ConsistencyAccumulator.compute`).
+    """
+    was_training = generator.training
+    generator.eval()
+    accumulator = ConsistencyAccumulator(
+        estimator,
+        num_classes=semantic_spec.num_classes if semantic_spec is not None else None,
+        ignore_index=semantic_spec.ignore_index if semantic_spec is not None else None,
+    )
+    position = 0
+    try:
+        for batch in tqdm(batches, desc="controllability", unit="batch", disable=not progress, leave=False):
+            batch = to_device(batch, device)
+            masks = apply_condition(
+                batch["masks"], batch.get("regions"), condition, labels=batch["labels"], first_position=position
+            )
+            fake, _ = generator(batch["labels"], masks)
+            given = {name: mask for name, mask in masks.items() if name in model_labels}
+            accumulator.update_from_batch(fake.float().clamp(-1, 1), batch, given)
+            position += fake.shape[0]
+    finally:
+        generator.train(was_training)
+    return accumulator.compute()
+
+
+def _file_name(path: str | os.PathLike) -> str:
+    return f"{Path(path).name} (sha256 {file_digest(path)[:12]})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-label", action="append", default=[], metavar="NAME", help="remove a label (repeatable)")
     p.add_argument("--fid-weights", help="FID Inception weights (default $LABEL_MERGE_FID_WEIGHTS)")
     p.add_argument("--segmenter", help="a SmallSegmenter .safetensors file for the segmentation score")
-    p.add_argument("--cache-dir", help="where the trained small segmenter is kept")
+    p.add_argument("--cache-dir", help="where the trained small segmenter (and label estimator) is kept")
+    p.add_argument(
+        "--controllability", action="store_true", help="also score each label re-read from the images (given/missing)"
+    )
+    p.add_argument("--estimator", help="a LabelEstimator .safetensors file for --controllability")
     p.add_argument("--budget", default="cpu-hour", help=f"whose segmenter recipe to use: one of {sorted(BUDGETS)}")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -208,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=args.batch_size,
             device=args.device,
             progress=not args.no_progress,
+            controllability=args.controllability,
+            estimator=args.estimator,
         )
     except (FileNotFoundError, ValueError, CheckpointError) as err:
         raise SystemExit(f"evaluate.py: {err}") from None
@@ -220,8 +335,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"{condition.describe()}: {summary}")
     print(f"FID features: {results['feature_extractor']}")
+    for label, splits in results.get("controllability", {}).items():
+        if label != "ceiling":
+            print(
+                f"{label}: "
+                + "; ".join(_summary(splits[split], split) for split in ("given", "missing") if split in splits)
+            )
     print(f"wrote {out}")
     return results
+
+
+def _summary(figures: dict, split: str) -> str:
+    return f"{split} " + ", ".join(f"{key} {value:.3g}" for key, value in figures.items() if key != "pixels")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ SCRIPTS = [
     "examples/train_controlnet_tlam.py",
     "examples/generate.py",
     "examples/evaluate.py",
+    "examples/train_label_estimator.py",
     "examples/edit.py",
     "examples/visualize.py",
     "benchmarks/bench_merger.py",
@@ -25,6 +26,7 @@ SCRIPTS = [
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",
     "docs/scripts/render_synthetic_figure.py",
+    "docs/scripts/render_controllability_figure.py",
 ]
 
 

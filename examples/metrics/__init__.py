@@ -16,8 +16,21 @@ Modules:
     segmenter: :class:`SmallSegmenter`, its training and safetensors I/O.
     samples: helpers for sample-dict batches.
     evaluate: :func:`compute_fid` and :class:`GenerationEvaluator`.
+    estimator: label estimators (:class:`LabelEstimator`, :class:`CannyEdgeEstimator`) and their protocol.
+    estimator_training: training and caching the :class:`LabelEstimator` on the synthetic scenes.
+    controllability: per-label consistency of generated images, where given and where missing.
 """
 
+from .controllability import ConsistencyAccumulator, flatten_consistency, label_consistency
+from .estimator import (
+    CannyEdgeEstimator,
+    LabelEstimator,
+    LabelEstimatorProtocol,
+    combine_estimators,
+    load_label_estimator,
+    save_label_estimator,
+)
+from .estimator_training import EstimatorRecipe, obtain_label_estimator, train_label_estimator
 from .evaluate import FIDResult, GenerationEvaluator, compute_fid
 from .features import FeatureExtractor, compute_statistics, fid_inception_extractor
 from .frechet import fid_from_statistics, frechet_distance
@@ -70,4 +83,16 @@ __all__ = [
     "FIDResult",
     "compute_fid",
     "GenerationEvaluator",
+    "ConsistencyAccumulator",
+    "label_consistency",
+    "flatten_consistency",
+    "LabelEstimator",
+    "LabelEstimatorProtocol",
+    "CannyEdgeEstimator",
+    "combine_estimators",
+    "save_label_estimator",
+    "load_label_estimator",
+    "EstimatorRecipe",
+    "train_label_estimator",
+    "obtain_label_estimator",
 ]

@@ -11,6 +11,11 @@ Typical use inside an evaluation loop::
         fake = generator(batch)                            # (B, 3, H, W) in [-1, 1]
         evaluator.update_from_batch(fake, batch)
     print(evaluator.compute())                             # {"fid": ..., "feature_extractor": ..., ...}
+
+With ``consistency=ConsistencyAccumulator(estimator, ...)`` and ``given=`` (the masks the
+generator was called with) passed to :meth:`GenerationEvaluator.update_from_batch`, the results
+also hold ``controllability``: the per-label consistency of the generated images, where each
+label was given and where it was missing, with its ceiling (see :mod:`.controllability`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from .controllability import ConsistencyAccumulator
 from .features import FeatureExtractor, compute_statistics
 from .frechet import fid_from_statistics
 from .image_quality import psnr, ssim
@@ -117,6 +123,8 @@ class GenerationEvaluator:
         ignore_index: Ground-truth id left out of the segmentation score.
         fid_method: Matrix square root method for FID.
         seed: Seed of KID's subset sampling.
+        consistency: Accumulates controllability (per-label consistency) in
+            :meth:`update_from_batch` calls that pass ``given``; None to skip it.
 
     Raises:
         ValueError: If ``segmenter`` is given without ``num_classes``, or KID is asked for with
@@ -145,6 +153,7 @@ class GenerationEvaluator:
         ignore_index: int | None = None,
         fid_method: Literal["sqrtm", "eigh"] = "sqrtm",
         seed: int = 0,
+        consistency: ConsistencyAccumulator | None = None,
     ) -> None:
         if segmenter is not None and num_classes is None:
             raise ValueError("the segmentation score needs num_classes")
@@ -165,6 +174,7 @@ class GenerationEvaluator:
         self.segmenter_name = segmenter_name or (type(segmenter).__name__ if segmenter is not None else None)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.fid_method, self.seed = fid_method, seed
+        self.consistency = consistency
         self._fixed_real = real_statistics is not None
         self._real = real_statistics
         self._fake: FeatureStatistics | None = None
@@ -201,7 +211,14 @@ class GenerationEvaluator:
             prediction = predict_classes(self.segmenter, fake, size=size, num_classes=self.num_classes)
             self._confusion.update(prediction, semantic)
 
-    def update_from_batch(self, fake: torch.Tensor, batch: Mapping, *, label_name: str = "semantic") -> None:
+    def update_from_batch(
+        self,
+        fake: torch.Tensor,
+        batch: Mapping,
+        *,
+        label_name: str = "semantic",
+        given: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """:meth:`update` with ``real`` and ``semantic`` taken from a sample-dict batch.
 
         Pixels that ``batch["masks"][label_name]`` marks as missing are scored as ``ignore_index``.
@@ -210,7 +227,11 @@ class GenerationEvaluator:
             fake: ``(B, 3, H, W)`` generated images in [-1, 1].
             batch: The collated sample dict the images were generated from.
             label_name: Key of the semantic map in ``batch["labels"]``.
+            given: The masks the generator was called with (for the labels it takes); with a
+                ``consistency`` accumulator, the batch is scored for controllability too.
         """
+        if given is not None and self.consistency is not None:
+            self.consistency.update_from_batch(fake, batch, given)
         if self.segmenter is not None:
             real, semantic = split_batch(batch, label_name=label_name, ignore_index=self.ignore_index)
         else:
@@ -224,7 +245,9 @@ class GenerationEvaluator:
             A flat dict: ``fid``, ``kid_mean``, ``kid_std``, ``kid_subset_size``,
             ``feature_extractor``, ``comparable_to_published``, ``num_real``, ``num_fake``
             (with a feature extractor); ``psnr``, ``ssim``, ``num_paired`` (with real images);
-            ``miou``, ``pixel_accuracy``, ``mean_class_accuracy``, ``segmenter`` (with a segmenter).
+            ``miou``, ``pixel_accuracy``, ``mean_class_accuracy``, ``segmenter`` (with a segmenter);
+            ``controllability`` (a nested dict, see :meth:`ConsistencyAccumulator.compute`) when
+            batches were scored for it.
 
         Raises:
             ValueError: If a metric has too little data (e.g. fewer than 2 images for FID).
@@ -256,6 +279,8 @@ class GenerationEvaluator:
             results["miou"] = score.miou
             results["pixel_accuracy"] = score.pixel_accuracy
             results["mean_class_accuracy"] = score.mean_class_accuracy
+        if self.consistency is not None and self.consistency.num_images > 0:
+            results["controllability"] = self.consistency.compute()
         return results
 
     def _add_features(self, stats: FeatureStatistics | None, images: torch.Tensor) -> FeatureStatistics:
