@@ -162,7 +162,10 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
     assert cache["checkpoints"][last]["results"]["sparsity=0.4,without=edge"]["dropped_labels"] == ["edge"]
     assert [c["b"] for c in report["sparsity_claims"]] == ["sparsity=0.4"]
     assert [c["b"] for c in report["removal_claims"]] == [f"sparsity=0.4,without={name}" for name in labels]
-    assert report["own_label_metrics"] == {}  # filled once a per-label scene scorer is plugged in
+    # The controllability scorer's metrics, per removed label: that label's own consistency.
+    assert list(report["own_label_metrics"]) == labels
+    for name, checks in report["own_label_metrics"].items():
+        assert checks and all(check["metric"].startswith(f"{name}.") for check in checks)
     assert "## Comparisons" in (tmp_path / "results" / "sensitivity_smoke.md").read_text()
     for suffix in ("sparsity", "removal"):
         assert (tmp_path / "results" / f"sensitivity_smoke_{suffix}.png").is_file()
@@ -602,3 +605,30 @@ def test_sensitivity_reads_each_removed_labels_own_metrics():
     own = sensitivity.own_label_metrics([claim], ["depth"])
     assert [check["metric"] for check in own["depth"]] == ["depth.rmse"]  # not edge's metric
     assert own["depth"][0]["difference"] < 0 and own["depth"][0]["low"] < 0  # removal raised the error
+
+
+def test_controllability_scorer_reports_every_split_per_scene():
+    import numpy as np
+
+    from examples.studies.controllability import controllability_directions, controllability_scorer
+
+    torch.manual_seed(0)
+    estimator = lambda x: {  # noqa: E731  a fixed stand-in: reads depth from brightness
+        "semantic": torch.zeros(x.shape[0], 3, *x.shape[-2:]),
+        "depth": 2 + x[:, :1],
+    }
+    batch = {
+        "image": torch.rand(3, 3, 4, 4) * 2 - 1,
+        "labels": {"semantic": torch.zeros(3, 4, 4, dtype=torch.long), "depth": torch.full((3, 1, 4, 4), 2.0)},
+        "masks": {"semantic": torch.ones(3, 4, 4, dtype=torch.bool), "depth": torch.ones(3, 4, 4, dtype=torch.bool)},
+    }
+    masks = {"semantic": torch.ones(3, 4, 4, dtype=torch.bool), "depth": torch.zeros(3, 4, 4, dtype=torch.bool)}
+    masks["depth"][0, :2] = True  # scene 0: depth given on half the pixels; scenes 1, 2: nowhere
+    scores = controllability_scorer(estimator, num_classes=3, ignore_index=None)(batch["image"], batch, masks)
+    assert set(scores) == set(controllability_directions())  # a fixed set of names, whatever the batch
+    assert scores["semantic.given.pixel_accuracy"].tolist() == [1.0, 1.0, 1.0]
+    assert np.isnan(scores["semantic.missing.pixel_accuracy"]).all()  # semantics was given everywhere
+    given = scores["depth.given.abs_rel"]
+    assert np.isfinite(given[0]) and np.isnan(given[1:]).all()
+    assert np.isfinite(scores["depth.missing.abs_rel"]).all()
+    assert np.isnan(scores["normal.given.angle_error"]).all()  # no normals in this batch

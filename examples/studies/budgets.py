@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from examples.metrics.estimator_training import EstimatorRecipe
 from examples.studies.segmenters import SegmenterRecipe
 from examples.training.config import PRESETS, ModelConfig
 
@@ -44,6 +45,7 @@ class Budget:
         model: Network sizes (merger, generators, discriminator); the merger and generator kind
             are set per run.
         segmenter: How the small segmenter is trained.
+        estimator: How the label estimator of the controllability metrics is trained.
         workers: DataLoader worker processes.
         threads: CPU threads (None: PyTorch's default). One thread is fastest on a busy 2-core machine.
         cache_scenes: Keep rendered scenes on disk (worth it when they are small and reused by
@@ -67,6 +69,7 @@ class Budget:
     eval_batch_size: int
     model: ModelConfig
     segmenter: SegmenterRecipe
+    estimator: EstimatorRecipe = EstimatorRecipe()
     workers: int = 0
     threads: int | None = 1
     cache_scenes: bool = True
@@ -157,6 +160,7 @@ BUDGETS: dict[str, Budget] = {
         eval_batch_size=8,
         model=_TINY,
         segmenter=SegmenterRecipe(steps=2, width=4, depth=2, batch_size=4, samples=8),
+        estimator=EstimatorRecipe(steps=2, width=4, depth=1, batch_size=4, samples=8),
         cache_scenes=False,
         expected="seconds; checks the pipeline, its numbers mean nothing",
         lambda_vgg=0.0,
@@ -202,6 +206,7 @@ BUDGETS: dict[str, Budget] = {
         model=_PAPER,
         # 4,096 scenes of 256x256 held in memory take 3.5 GB; 14,630 would take 12 GB.
         segmenter=SegmenterRecipe(steps=20_000, width=32, depth=4, batch_size=16, samples=4_096),
+        estimator=EstimatorRecipe(steps=20_000, width=32, depth=4, batch_size=16, samples=4_096),
         workers=12,  # rendering a 256x256 scene takes about 0.36 s of one core: data-bound below ~12 workers
         threads=None,
         cache_scenes=False,

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from examples.studies.controllability import controllability_directions
 from examples.studies.statistics import UNDECIDED, bootstrap_mean, compare, verdict
 
 __all__ = [
@@ -66,6 +67,7 @@ METRIC_DIRECTIONS: dict[str, bool] = {
     "psnr": True,
     "ssim": True,
     "segmentation_accuracy": True,
+    **controllability_directions(),
 }
 
 

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from examples.datasets import SyntheticDataset
+from examples.metrics.estimator_training import obtain_label_estimator
 from examples.studies.budgets import Budget
 from examples.studies.conditions import LabelCondition
+from examples.studies.controllability import controllability_scorer
 from examples.studies.runs import Variant, run_config, run_dir, train_and_measure
 from examples.studies.scoring import (
     SceneScorer,
@@ -44,7 +46,8 @@ FLOOR_SET_SEED = HELD_OUT_SEED_OFFSET + 1
 def extra_scene_scorers(study: Study) -> list[SceneScorer]:
     """The per-scene scorers every study applies besides the built-in ones.
 
-    This is where the controllability scorer is plugged in: return callables
+    Today: the controllability scorer (:mod:`examples.studies.controllability`), with the label
+    estimator of the budget's recipe (trained once and cached). Scorers are callables
     ``(fake, batch, masks) -> {name: (B,) values}`` (see
     :data:`~examples.studies.scoring.SceneScorer`); a nested per-image result such as
     ``{label: {"given": {metric: (B,)}, "missing": {...}}}`` becomes flat names with
@@ -56,7 +59,15 @@ def extra_scene_scorers(study: Study) -> list[SceneScorer]:
     Args:
         study: The study being set up (its ``eval_set``, ``device`` and ``budget`` are ready).
     """
-    return []
+    estimator, _ = obtain_label_estimator(
+        study.budget.resolution,
+        study.budget.estimator,
+        cache_dir=study.cache_dir,
+        device=study.device,
+        progress=study.progress,
+    )
+    semantic = study.eval_set.label_specs["semantic"]
+    return [controllability_scorer(estimator, num_classes=semantic.num_classes, ignore_index=semantic.ignore_index)]
 
 
 @dataclass
