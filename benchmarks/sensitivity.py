@@ -1,7 +1,7 @@
 """Label sensitivity study: FID against label sparsity (paper Fig. 6b) and with each label removed (Fig. 6c).
 
 A TLAM + ASAP-Net model trained with 50% region sparsity is measured on the held-out synthetic
-scenes at evaluation sparsities 0% to 70% and, at 50% sparsity, with each label removed entirely
+scenes at evaluation sparsities 0% to 70% and, with dense labels otherwise (``--removal-sparsity``), with each label removed entirely
 (and with none removed, the reference). The models are the quality study's ``asap-tlam-sparse``
 runs of the same budget (trained here if they do not exist yet, one per seed), each measured at
 the checkpoints the quality study averages over, or ``--checkpoint`` files. Every degraded
@@ -35,10 +35,13 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from itertools import pairwise  # noqa: E402
 
+import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from examples.metrics.controllability import HIGHER_IS_BETTER  # noqa: E402
 from examples.studies.budgets import BUDGETS, resolve_budget  # noqa: E402
 from examples.studies.conditions import LabelCondition  # noqa: E402
+from examples.studies.controllability import SCENE_FIGURES  # noqa: E402
 from examples.studies.environment import (  # noqa: E402
     configure_cpu,
     default_cache_dir,
@@ -55,12 +58,13 @@ from examples.studies.report import (  # noqa: E402
     compare_measurements,
     comparison_lines,
     interval_cell,
+    metric_matrix,
     row_summary,
     scene_metric_names,
 )
 from examples.studies.runs import VARIANTS  # noqa: E402
 from examples.studies.scoring import fid_weights_from  # noqa: E402
-from examples.studies.statistics import UNDECIDED  # noqa: E402
+from examples.studies.statistics import UNDECIDED, compare, verdict  # noqa: E402
 from examples.studies.study import EVAL_SPARSITY_SEED, Study, resolve_folder  # noqa: E402
 from examples.training.builders import image_size, restore_generator  # noqa: E402
 from examples.training.checkpoint import load_checkpoint_config  # noqa: E402
@@ -82,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, help="seeds of the runs to train or reuse (default: the budget's)")
     p.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES), help="evaluation sparsities")
     p.add_argument(
-        "--removal-sparsity", type=float, default=0.5, help="sparsity of the other labels when one is removed"
+        "--removal-sparsity",
+        type=float,
+        default=0.0,
+        help="sparsity of the other labels when one is removed (0: the consistency matrix compares the same pixels)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads (default: the budget's)")
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sparsity_claims": sparsity_claims,
         "removal_claims": removal_claims,
         "own_label_metrics": own_label_metrics(removal_claims, labels),
+        "consistency_matrix": consistency_matrix(per_model, labels, removal),
         "findings": findings(sparsity_points, removal_bars, removal_claims),
         "machine": machine_info(study.device),
         "date": utc_now(),
@@ -295,6 +303,56 @@ def own_label_metrics(removal_claims: list[dict], labels: list[str]) -> dict[str
         if checks:
             found[name] = checks
     return found
+
+
+def consistency_matrix(per_model: list[dict], labels: list[str], reference: str) -> dict:
+    """Which label's consistency drops when each label is removed: a (removed x scored) matrix.
+
+    For removed label ``L`` and scored label ``M``, the change of ``M``'s headline figure
+    (:data:`~examples.studies.controllability.SCENE_FIGURES`, first entry) between the reference
+    condition and the one without ``L``, on the same models, scenes and pixels, oriented so that
+    a positive ``degradation`` is worse. ``M`` is scored where it was given in both conditions;
+    ``L`` itself where it was given in the reference and is missing without it. Those are the
+    same pixels only when the reference is dense (``--removal-sparsity 0``); otherwise the matrix
+    is left empty.
+
+    Returns:
+        ``{"figures": {M: figure}, "cells": {L: {M: {...comparison, "degradation", "relative"}}},
+        "own_label_worst": {L: bool}}``, or ``{}`` without controllability metrics or a dense reference.
+    """
+    if reference != "sparsity=0":
+        return {}
+    figures = {m: SCENE_FIGURES[m][0] for m in labels if m in SCENE_FIGURES}
+    base = [model["averaged"][reference] for model in per_model]
+    cells: dict[str, dict] = {}
+    for removed in labels:
+        without = [model["averaged"][f"{reference},without={removed}"] for model in per_model]
+        row = {}
+        for scored, figure in figures.items():
+            before = metric_matrix(base, f"{scored}.given.{figure}")
+            after = metric_matrix(without, f"{scored}.{'missing' if scored == removed else 'given'}.{figure}")
+            if before is None or after is None:
+                continue
+            higher_is_better = HIGHER_IS_BETTER[figure]
+            worse, better = (before, after) if higher_is_better else (after, before)
+            comparison = compare(worse, better, paired_seeds=True)  # positive: removing hurts
+            scale = abs(float(np.nanmean(before)))
+            row[scored] = {
+                "figure": figure,
+                **comparison.to_dict(),
+                "degradation": comparison.difference,
+                "relative": comparison.difference / scale if comparison.difference is not None and scale else None,
+                "verdict": verdict(comparison, higher_is_better=True),
+            }
+        cells[removed] = row
+    if not any(cells.values()):
+        return {}
+    own_worst = {}
+    for removed, row in cells.items():
+        relative = {m: c["relative"] for m, c in row.items() if c["relative"] is not None}
+        if removed in relative:
+            own_worst[removed] = max(relative, key=relative.get) == removed
+    return {"figures": figures, "cells": cells, "own_label_worst": own_worst}
 
 
 def findings(sparsity_points: list[dict], removal_bars: list[dict], removal_claims: list[dict]) -> dict:
@@ -364,6 +422,8 @@ def sensitivity_markdown(report: dict) -> str:
         *comparison_lines(_general(report["sparsity_claims"] + report["removal_claims"]), a_label="reference"),
         "",
     ]
+    if report.get("consistency_matrix"):
+        lines += consistency_matrix_lines(report["consistency_matrix"])
     if report["own_label_metrics"]:
         lines += ["## Removing a label, on that label's own metrics", ""]
         lines += comparison_lines(
@@ -374,6 +434,36 @@ def sensitivity_markdown(report: dict) -> str:
         )
         lines.append("")
     return "\n".join(lines)
+
+
+def consistency_matrix_lines(matrix: dict) -> list[str]:
+    """The (removed x scored) consistency matrix as a markdown table."""
+    scored = list(matrix["figures"])
+    lines = [
+        "## Which label's consistency drops when a label is removed",
+        "",
+        "Rows: the label removed (dense reference, so every cell compares the same pixels); columns: the label "
+        "re-estimated from the generated image, with its figure. Each cell: relative degradation of that figure "
+        "(positive = worse) and the 95% interval of the absolute change; **bold** where the interval excludes zero.",
+        "",
+        "| removed | " + " | ".join(f"{m} ({matrix['figures'][m]})" for m in scored) + " |",
+        "| --- | " + " | ".join("---" for _ in scored) + " |",
+    ]
+    for removed, row in matrix["cells"].items():
+        cells = []
+        for m in scored:
+            c = row.get(m)
+            if c is None or c["relative"] is None:
+                cells.append("")
+                continue
+            text = f"{100 * c['relative']:+.1f}% [{c['low']:+.3g}, {c['high']:+.3g}]"
+            cells.append(f"**{text}**" if c["verdict"] != UNDECIDED else text)
+        lines.append(f"| {removed} | " + " | ".join(cells) + " |")
+    worst = matrix.get("own_label_worst", {})
+    if worst:
+        held = [k for k, v in worst.items() if v]
+        lines += ["", f"Removing a label hurts that label's own consistency most for: {', '.join(held) or 'none'}."]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

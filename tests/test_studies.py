@@ -632,3 +632,44 @@ def test_controllability_scorer_reports_every_split_per_scene():
     assert np.isfinite(given[0]) and np.isnan(given[1:]).all()
     assert np.isfinite(scores["depth.missing.abs_rel"]).all()
     assert np.isnan(scores["normal.given.angle_error"]).all()  # no normals in this batch
+
+
+def test_consistency_matrix_finds_the_label_whose_removal_hurts_it():
+    import numpy as np
+
+    from benchmarks.sensitivity import consistency_matrix, consistency_matrix_lines
+
+    rng = np.random.default_rng(0)
+    labels = ["semantic", "depth"]
+
+    def measurement(depth_key, depth_value):
+        scenes = 40
+        return {
+            "set": {},
+            "per_scene": {
+                "semantic.given.pixel_accuracy": (0.8 + 0.01 * rng.normal(size=scenes)).tolist(),
+                depth_key: (depth_value + 0.01 * rng.normal(size=scenes)).tolist(),
+            },
+        }
+
+    per_model = [
+        {
+            "averaged": {
+                "sparsity=0": measurement("depth.given.abs_rel", 0.1),
+                "sparsity=0,without=semantic": measurement("depth.given.abs_rel", 0.1),
+                "sparsity=0,without=depth": measurement("depth.missing.abs_rel", 0.3),
+            }
+        }
+        for _ in range(4)
+    ]
+    # Without semantics, its consistency must be scored where it is missing: give it that key.
+    for model in per_model:
+        without = model["averaged"]["sparsity=0,without=semantic"]["per_scene"]
+        without["semantic.missing.pixel_accuracy"] = without.pop("semantic.given.pixel_accuracy")
+    matrix = consistency_matrix(per_model, labels, "sparsity=0")
+    depth_on_depth = matrix["cells"]["depth"]["depth"]
+    assert abs(depth_on_depth["degradation"] - 0.2) < 0.02 and depth_on_depth["verdict"] == "holds"
+    assert matrix["cells"]["depth"]["semantic"]["verdict"] == "undecided at this budget"
+    assert matrix["own_label_worst"]["depth"] is True
+    assert "| depth |" in "\n".join(consistency_matrix_lines(matrix))
+    assert consistency_matrix(per_model, labels, "sparsity=0.5") == {}
