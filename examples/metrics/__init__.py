@@ -14,6 +14,7 @@ Modules:
     image_quality: PSNR and SSIM.
     segmentation: confusion matrix, mIoU and pixel accuracy.
     segmenter: :class:`SmallSegmenter`, its training and safetensors I/O.
+    network_files: the safetensors format and cache file names the small networks share.
     samples: helpers for sample-dict batches.
     evaluate: :func:`compute_fid` and :class:`GenerationEvaluator`.
     estimator: label estimators (:class:`LabelEstimator`, :class:`CannyEdgeEstimator`) and their protocol.

@@ -26,7 +26,6 @@ real images against their exact labels (see :mod:`.estimator_training`), its saf
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .network_files import load_network, save_network
 from .segmenter import SmallSegmenter
 
 __all__ = [
@@ -236,20 +236,15 @@ def save_label_estimator(model: LabelEstimator, path: str | os.PathLike, *, meta
         >>> load_label_estimator(path).labels
         ('semantic', 'depth')
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, LabelEstimator):
         raise TypeError(f"model must be a LabelEstimator, got {type(model).__name__}")
-    header = {
-        "format": _FORMAT,
-        "num_classes": str(model.num_classes),
-        "labels": json.dumps(list(model.labels)),
-        "width": str(model.width),
-        "depth": str(model.depth),
-        "extra": json.dumps(dict(metadata or {})),
+    architecture = {
+        "num_classes": model.num_classes,
+        "labels": list(model.labels),
+        "width": model.width,
+        "depth": model.depth,
     }
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
-    save_file(tensors, os.fspath(path), metadata=header)
+    save_network(model, path, file_format=_FORMAT, architecture=architecture, metadata=metadata)
 
 
 def load_label_estimator(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> LabelEstimator:
@@ -266,29 +261,15 @@ def load_label_estimator(path: str | os.PathLike, *, device: torch.device | str 
         FileNotFoundError: If the file does not exist.
         ValueError: If it was not written by :func:`save_label_estimator` or its tensors do not fit.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label estimator weights not found: {path!r}")
-    with safe_open(path, framework="pt") as handle:
-        header = handle.metadata() or {}
-    if header.get("format") != _FORMAT:
-        raise ValueError(
-            f"{path!r} is not a LabelEstimator file (format {header.get('format')!r}, expected {_FORMAT!r})"
-        )
-    model = LabelEstimator(
-        int(header["num_classes"]),
-        labels=tuple(json.loads(header["labels"])),
-        width=int(header["width"]),
-        depth=int(header["depth"]),
+    model = load_network(
+        path,
+        file_format=_FORMAT,
+        kind_name="LabelEstimator",
+        missing_name="label estimator",
+        build=lambda arch: LabelEstimator(
+            arch["num_classes"], labels=tuple(arch["labels"]), width=arch["width"], depth=arch["depth"]
+        ),
     )
-    try:
-        model.load_state_dict(load_file(path, device="cpu"))
-    except RuntimeError as error:
-        raise ValueError(f"{path!r}: weights do not fit the saved architecture: {error}") from error
-    model.metadata = json.loads(header.get("extra", "{}"))
     return model.eval().to(device)
 
 

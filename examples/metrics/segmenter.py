@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .network_files import load_network, save_network
 from .samples import image_and_label_collate, split_batch
 
 __all__ = ["SmallSegmenter", "SegmenterTraining", "train_segmenter", "save_segmenter", "load_segmenter"]
@@ -243,19 +243,10 @@ def save_segmenter(model: SmallSegmenter, path: str | os.PathLike, *, metadata: 
         >>> load_segmenter(path).num_classes
         4
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, SmallSegmenter):
         raise TypeError(f"model must be a SmallSegmenter, got {type(model).__name__}")
-    header = {
-        "format": _FORMAT,
-        "num_classes": str(model.num_classes),
-        "width": str(model.width),
-        "depth": str(model.depth),
-        "extra": json.dumps(dict(metadata or {})),
-    }
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
-    save_file(tensors, os.fspath(path), metadata=header)
+    architecture = {"num_classes": model.num_classes, "width": model.width, "depth": model.depth}
+    save_network(model, path, file_format=_FORMAT, architecture=architecture, metadata=metadata)
 
 
 def load_segmenter(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> SmallSegmenter:
@@ -272,24 +263,13 @@ def load_segmenter(path: str | os.PathLike, *, device: torch.device | str = "cpu
         FileNotFoundError: If the file does not exist.
         ValueError: If it was not written by :func:`save_segmenter` or its tensors do not fit.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"segmenter weights not found: {path!r}")
-    with safe_open(path, framework="pt") as handle:
-        header = handle.metadata() or {}
-    if header.get("format") != _FORMAT:
-        raise ValueError(
-            f"{path!r} is not a SmallSegmenter file (format {header.get('format')!r}, expected {_FORMAT!r})"
-        )
-    model = SmallSegmenter(int(header["num_classes"]), width=int(header["width"]), depth=int(header["depth"]))
-    try:
-        model.load_state_dict(load_file(path, device="cpu"))
-    except RuntimeError as error:
-        raise ValueError(f"{path!r}: weights do not fit the saved architecture: {error}") from error
-    model.metadata = json.loads(header.get("extra", "{}"))
+    model = load_network(
+        path,
+        file_format=_FORMAT,
+        kind_name="SmallSegmenter",
+        missing_name="segmenter",
+        build=lambda arch: SmallSegmenter(arch["num_classes"], width=arch["width"], depth=arch["depth"]),
+    )
     return model.eval().to(device)
 
 
