@@ -10,8 +10,6 @@ version, size, scene ranges), so a change of the scenes trains a new estimator.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -25,6 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .estimator import LABEL_CHANNELS, LabelEstimator, load_label_estimator, save_label_estimator
+from .network_files import cached_network_path, save_atomically
+from .samples import cycle_batches
 
 __all__ = [
     "EstimatorRecipe",
@@ -154,32 +154,27 @@ def train_label_estimator(
     losses: dict[str, list[float]] = {name: [] for name in model.labels}
     model.train()
     step = 0
-    while step < steps:
-        empty = True
-        for batch in data:
-            empty = False
-            batch = _batch_to(batch, model.labels, device)
-            if flip and bool(torch.rand((), generator=flip_generator) < 0.5):
-                batch = _flip(batch)
-            raw = model.raw_outputs(batch["image"])
-            parts = {
-                name: _label_loss(name, raw[name], batch["labels"][name], batch["masks"][name], ignore_index)
-                for name in model.labels
-            }
-            loss = sum(parts.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            for name, value in parts.items():
-                losses[name].append(float(value.detach()))
-            step += 1
-            if on_step is not None:
-                on_step(step)
-            if step == steps:
-                break
-        if empty:
-            raise ValueError("the training data yielded no batch")
+    for batch in cycle_batches(data):
+        batch = _batch_to(batch, model.labels, device)
+        if flip and bool(torch.rand((), generator=flip_generator) < 0.5):
+            batch = _flip(batch)
+        raw = model.raw_outputs(batch["image"])
+        parts = {
+            name: _label_loss(name, raw[name], batch["labels"][name], batch["masks"][name], ignore_index)
+            for name in model.labels
+        }
+        loss = sum(parts.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        for name, value in parts.items():
+            losses[name].append(float(value.detach()))
+        step += 1
+        if on_step is not None:
+            on_step(step)
+        if step == steps:
+            break
     config = {
         "num_classes": num_classes,
         "labels": list(model.labels),
@@ -314,9 +309,8 @@ def cached_estimator_path(
         'label-estimator-synthetic-32x32-'
     """
     key = _key(resolution, recipe)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     height, width = key["image_size"]
-    return Path(cache_dir) / "estimators" / f"label-estimator-synthetic-{height}x{width}-{digest}.safetensors"
+    return cached_network_path(cache_dir, "estimators", f"label-estimator-synthetic-{height}x{width}", key)
 
 
 def obtain_label_estimator(
@@ -372,11 +366,5 @@ def obtain_label_estimator(
         "final_losses": {name: sum(values[-tail:]) / tail for name, values in result.losses.items()},
         "training_seconds": round(time.perf_counter() - started, 2),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_label_estimator(result.model, temporary, metadata=metadata)
-        os.replace(temporary, path)  # concurrent trainers write equivalent files; the last one wins
-    finally:
-        temporary.unlink(missing_ok=True)
+    save_atomically(path, lambda temporary: save_label_estimator(result.model, temporary, metadata=metadata))
     return load_label_estimator(path, device=device), path

@@ -3,16 +3,18 @@
 A sample is a dict with ``image`` ``(3, H, W)`` in [-1, 1] and ``labels`` ``{name: tensor}``
 (optionally ``masks`` ``{name: bool (H, W)}``, True where the label is present); a batch from
 ``torch.utils.data.DataLoader`` has the same keys with a leading batch dimension. The metrics
-themselves only see tensors; these helpers pull the image and the semantic map out of a batch.
+themselves only see tensors; these helpers pull the image and the semantic map out of a batch,
+and cycle a loader for the small networks' training loops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-__all__ = ["split_batch", "image_and_label_collate"]
+__all__ = ["split_batch", "image_and_label_collate", "cycle_batches"]
 
 
 def split_batch(
@@ -107,3 +109,30 @@ def image_and_label_collate(samples: Sequence[Mapping], *, label_name: str = "se
     if all(label_name in sample.get("masks", {}) for sample in samples):
         batch["masks"] = {label_name: torch.stack([sample["masks"][label_name] for sample in samples])}
     return batch
+
+
+def cycle_batches(loader: Iterable, *, source: str = "the training data") -> Iterator:
+    """Iterate over ``loader`` again and again (a training loop stops when it has its steps).
+
+    Args:
+        loader: Anything iterable again, e.g. a ``DataLoader`` (a fresh shuffle every epoch).
+        source: What the data is called in the error.
+
+    Yields:
+        The loader's batches, epoch after epoch.
+
+    Raises:
+        ValueError: If an epoch yields no batch (an empty dataset, or a one-shot iterator run dry).
+
+    Example:
+        >>> import itertools
+        >>> list(itertools.islice(cycle_batches([1, 2]), 5))
+        [1, 2, 1, 2, 1]
+    """
+    for epoch in itertools.count():
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"{source} yielded no batch (epoch {epoch})")

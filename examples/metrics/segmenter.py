@@ -11,7 +11,6 @@ as a (non-standard) FID feature extractor.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from .network_files import load_network, save_network
-from .samples import image_and_label_collate, split_batch
+from .samples import cycle_batches, image_and_label_collate, split_batch
 
 __all__ = ["SmallSegmenter", "SegmenterTraining", "train_segmenter", "save_segmenter", "load_segmenter"]
 
@@ -195,7 +194,7 @@ def train_segmenter(
     flip_generator = torch.Generator().manual_seed(seed + 1)
     losses: list[float] = []
     model.train()
-    for batch in _cycle(loader):
+    for batch in cycle_batches(loader):
         images, semantic = split_batch(batch, label_name=label_name, ignore_index=ignore_index)
         images, semantic = images.to(device).float(), semantic.to(device).long()
         if flip and bool(torch.rand((), generator=flip_generator) < 0.5):
@@ -291,17 +290,6 @@ def _as_loader(data: Dataset | DataLoader | Iterable, *, batch_size: int, label_
 
 def _is_sample(data) -> bool:
     return len(data) > 0 and isinstance(data[0], Mapping) and "image" in data[0]
-
-
-def _cycle(loader: Iterable) -> Iterable:
-    """Iterate over ``loader`` again and again; fail clearly if it yields nothing."""
-    for epoch in itertools.count():
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError(f"the training data yielded no batch (epoch {epoch})")
 
 
 def _check_targets(semantic: torch.Tensor, *, num_classes: int, ignore_index: int | None) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from examples.metrics import SmallSegmenter, image_and_label_collate, load_segmenter, save_segmenter, train_segmenter
+from examples.metrics.network_files import cached_network_path, save_atomically
+from examples.metrics.samples import cycle_batches
 from examples.training.builders import build_datasets, image_size, label_specs_of
 from examples.training.config import DataConfig
 from label_merge import LabelSpec
@@ -88,9 +89,8 @@ def cached_segmenter_path(cache_dir: str | os.PathLike, data: DataConfig, recipe
         'small-segmenter-synthetic-32x32-'
     """
     key = _key(data, recipe)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     height, width = key["image_size"]
-    return Path(cache_dir) / "segmenters" / f"small-segmenter-{data.dataset}-{height}x{width}-{digest}.safetensors"
+    return cached_network_path(cache_dir, "segmenters", f"small-segmenter-{data.dataset}-{height}x{width}", key)
 
 
 def segmenter_training_set(
@@ -149,14 +149,9 @@ class _Endless:
         self.bar = bar
 
     def __iter__(self) -> Iterator[dict]:
-        while True:
-            empty = True
-            for batch in self.loader:
-                empty = False
-                self.bar.update(1)
-                yield batch
-            if empty:
-                raise ValueError("the segmenter's training set yielded no batch")
+        for batch in cycle_batches(self.loader, source="the segmenter's training set"):
+            self.bar.update(1)
+            yield batch
 
 
 def obtain_segmenter(
@@ -211,11 +206,5 @@ def obtain_segmenter(
         "final_loss": sum(tail) / len(tail),
         "training_seconds": round(time.perf_counter() - started, 2),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_segmenter(result.model, temporary, metadata=metadata)
-        os.replace(temporary, path)  # concurrent trainers write equivalent files; the last one wins
-    finally:
-        temporary.unlink(missing_ok=True)
+    save_atomically(path, lambda temporary: save_segmenter(result.model, temporary, metadata=metadata))
     return load_segmenter(path, device=device), path
