@@ -42,13 +42,12 @@ def lm_diffusers():
     return module
 
 
-@pytest.fixture(scope="module")
-def unet(lm_diffusers):
+def tiny_unet(sample_size: int):
+    """A two-level UNet on 4-channel latents, small enough for CPU tests."""
     from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=H // 8,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=(8, 16),
@@ -59,6 +58,12 @@ def unet(lm_diffusers):
         cross_attention_dim=8,
         attention_head_dim=2,
     )
+
+
+@pytest.fixture(scope="module")
+def unet(lm_diffusers):
+    torch.manual_seed(0)
+    return tiny_unet(H // 8)
 
 
 def make_controlnet(lm_diffusers, unet, resolution="latent", **config):
@@ -306,21 +311,12 @@ def test_training_example_runs_from_a_config(lm_diffusers, tmp_path):
 
 @pytest.mark.slow
 def test_training_example_reads_a_local_stable_diffusion_folder(lm_diffusers, tmp_path):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler
 
     from examples.train_controlnet_tlam import main
 
     folder = tmp_path / "sd"
-    UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=2,
-    ).save_pretrained(folder / "unet")
+    tiny_unet(8).save_pretrained(folder / "unet")
     AutoencoderKL(
         block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2,
