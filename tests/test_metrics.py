@@ -566,6 +566,60 @@ def test_segmenter_io_and_training_errors(tmp_path):
         SmallSegmenter(3, width=0)
 
 
+def test_network_files_read_headers_written_field_by_field(tmp_path):
+    """Files whose header holds plain ``str(int)`` and JSON label lists (as first written) still load."""
+    from safetensors import safe_open
+
+    from examples.metrics import LabelEstimator, load_label_estimator, save_label_estimator
+
+    torch.manual_seed(0)
+    reference = LabelEstimator(5, labels=("semantic", "edge"), width=4, depth=2)
+    tensors = {key: value.contiguous() for key, value in reference.state_dict().items()}
+    header = {
+        "format": "label_merge.examples.LabelEstimator",
+        "num_classes": "5",
+        "labels": '["semantic", "edge"]',
+        "width": "4",
+        "depth": "2",
+        "extra": '{"steps": 3}',
+    }
+    save_file(tensors, str(tmp_path / "estimator.safetensors"), metadata=header)
+    loaded = load_label_estimator(tmp_path / "estimator.safetensors")
+    assert (loaded.num_classes, loaded.labels, loaded.width, loaded.depth) == (5, ("semantic", "edge"), 4, 2)
+    assert loaded.metadata == {"steps": 3} and not loaded.training
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    # The writer still produces exactly that header.
+    save_label_estimator(reference, tmp_path / "again.safetensors", metadata={"steps": 3})
+    with safe_open(str(tmp_path / "again.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == header
+    save_file({}, str(tmp_path / "empty.safetensors"))
+    with pytest.raises(ValueError, match="not a LabelEstimator file"):
+        load_label_estimator(tmp_path / "empty.safetensors")
+    with pytest.raises(FileNotFoundError, match="label estimator weights not found"):
+        load_label_estimator(tmp_path / "nope.safetensors")
+
+
+def test_cycle_batches_repeats_epochs_and_fails_on_an_empty_one():
+    from examples.metrics.samples import cycle_batches
+
+    batches = cycle_batches(range(3))
+    assert [next(batches) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    one_shot = cycle_batches(iter([5]), source="the scenes")
+    assert next(one_shot) == 5
+    with pytest.raises(ValueError, match=r"the scenes yielded no batch \(epoch 1\)"):
+        next(one_shot)
+
+
+@pytest.mark.parametrize("module", ["network_files", "samples"])
+def test_docstring_examples_of_helpers(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"examples.metrics.{module}"))
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_split_batch_marks_missing_pixels_ignored():
     batch = {
         "image": torch.zeros(1, 3, 2, 2),
