@@ -61,7 +61,7 @@ class ProbeConfig:
     steps: int = 400
     batch_size: int = 8
     lr: float = 2e-3
-    dim: int = 32
+    dim: int = 16  # the quality study's merger sizes (budget cpu-2h)
     depth: int = 2
     heads: int = 2
     decoder_width: int = 32
