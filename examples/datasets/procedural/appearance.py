@@ -74,6 +74,7 @@ def _build(
     sky: np.ndarray,
     attenuation: float,
     exposure: float,
+    auto_exposure: bool = True,
 ) -> Scene:
     decals = tuple(
         Decal(d.kind, d.face, d.center, d.half_size, d.angle, m)
@@ -92,6 +93,7 @@ def _build(
         sky=sky,
         attenuation=attenuation,
         exposure=exposure,
+        auto_exposure=auto_exposure,
     )
 
 
@@ -216,21 +218,23 @@ def dress_random(rng: np.random.Generator, layout: Layout, config: SceneConfig) 
 # -- "labelled": the look follows the class, the geometry and a light near the camera ------------
 
 # Linear reflectances (before gamma). A material draws one palette entry, then a modest variation.
-_WOODS = ((0.42, 0.27, 0.15), (0.30, 0.18, 0.09), (0.52, 0.36, 0.20))
-_TILES = ((0.60, 0.58, 0.54), (0.50, 0.31, 0.21))
-_PAINTS = ((0.80, 0.78, 0.72), (0.76, 0.70, 0.58), (0.70, 0.71, 0.70), (0.64, 0.71, 0.62))
-_CEILING = ((0.86, 0.86, 0.84),)
-_RUGS = ((0.45, 0.09, 0.08), (0.10, 0.13, 0.36), (0.32, 0.33, 0.12))
+_WOODS = ((0.50, 0.36, 0.22), (0.45, 0.31, 0.18), (0.55, 0.41, 0.26))
+_TILES = ((0.55, 0.53, 0.50), (0.50, 0.42, 0.34))
+_PAINTS = ((0.72, 0.70, 0.65), (0.70, 0.66, 0.56), (0.66, 0.67, 0.66), (0.63, 0.68, 0.61))
+_CEILING = ((0.80, 0.80, 0.78),)
+_RUGS = ((0.30, 0.04, 0.03), (0.04, 0.06, 0.22), (0.05, 0.05, 0.05))
 _RUG_ACCENT = (0.72, 0.62, 0.45)
-_CANVASES = ((0.20, 0.30, 0.50), (0.55, 0.45, 0.25), (0.25, 0.35, 0.20))
-_BALLS = ((0.62, 0.10, 0.08), (0.70, 0.30, 0.06), (0.60, 0.16, 0.20))
-_BOX_WOODS = ((0.55, 0.40, 0.24), (0.66, 0.52, 0.33), (0.38, 0.24, 0.13))
-_CYLINDERS = ((0.10, 0.24, 0.52), (0.07, 0.38, 0.40), (0.26, 0.31, 0.42))
+_CANVASES = ((0.05, 0.10, 0.25), (0.30, 0.20, 0.08), (0.06, 0.12, 0.05))
+_BALLS = ((0.75, 0.10, 0.05), (0.80, 0.38, 0.05), (0.78, 0.62, 0.08))
+_BOX_WOODS = ((0.16, 0.09, 0.05), (0.22, 0.13, 0.07), (0.12, 0.08, 0.06))
+_CYLINDERS = ((0.04, 0.10, 0.40), (0.03, 0.25, 0.30), (0.10, 0.12, 0.35))
 _TRIM = (0.85, 0.82, 0.75)  # the light stripes of balls and cylinders
 _CURVATURE_SMOOTHING = 0.5  # metres: stripes fade to exp(-0.5 * H) on a surface of mean curvature H
 _KEY_POWER = 4.0
-_FILL_POWER = (0.15, 0.3)  # of the key light's power
-_AMBIENT = (0.03, 0.05)  # of the key light's power
+_FALLOFF = 1.0  # metres (see Light)
+_FILL_POWER = (0.1, 0.2)  # of the key light's power
+_AMBIENT = (0.02, 0.03)  # of the key light's power
+_EXPOSURE = 2.5  # fixed, as on a camera set for the key light
 
 
 def _pick(rng: np.random.Generator, palette) -> np.ndarray:
@@ -289,11 +293,11 @@ def _labelled_lights(rng: np.random.Generator, layout: Layout, config: SceneConf
     xy = np.clip(xy, 0.25, room.size[:2] - 0.25)
     key_position = np.array([*xy, room.size[2] - rng.uniform(0.1, 0.3)])
     tint = _WARM_WHITE + rng.uniform(0.0, 1.0) * (_NEUTRAL_WHITE - _WARM_WHITE)
-    lights = [Light(key_position, tint * _KEY_POWER)]
+    lights = [Light(key_position, tint * _KEY_POWER, _FALLOFF)]
     count = int(rng.integers(config.num_lights[0], config.num_lights[1] + 1))
     for _ in range(count - 1):
         position = np.array([*rng.uniform(0.15, 0.85, 2) * room.size[:2], room.size[2] - rng.uniform(0.15, 0.4)])
-        lights.append(Light(position, tint * _KEY_POWER * rng.uniform(*_FILL_POWER)))
+        lights.append(Light(position, tint * _KEY_POWER * rng.uniform(*_FILL_POWER), _FALLOFF))
     return tuple(lights)
 
 
@@ -318,7 +322,8 @@ def dress_labelled(rng: np.random.Generator, layout: Layout, config: SceneConfig
         ambient,
         sky,
         attenuation=0.0,
-        exposure=float(rng.uniform(0.95, 1.05)),
+        exposure=_EXPOSURE * float(rng.uniform(0.95, 1.05)),
+        auto_exposure=False,
     )
 
 

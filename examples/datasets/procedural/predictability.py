@@ -125,63 +125,130 @@ def r2_score(y: torch.Tensor, prediction: torch.Tensor) -> float:
 class RandomFeatureRidge:
     """A one-hidden-layer network whose hidden layer is random and fixed, output fitted in closed form.
 
-    Features of an input row ``x`` (standardised with the training mean and deviation) are
-    ``[1, x, relu(x W + b)]`` with ``W ~ N(0, scale^2 / D_in)`` and ``b ~ N(0, 1)``; the output
+    The features of an input row ``x`` are ``[1, x, relu(x W + b)]`` with ``W ~ N(0, 1 / D_in)``
+    and ``b ~ N(0, 1)`` (inputs are standardised with the training mean and deviation); the output
     layer is ridge regression on them. With ``groups``, each group of input columns gets its own
-    random features and the model is ``sum_g f_g(x_g)``, fitted jointly by backfitting (exact
-    block coordinate descent on the same ridge objective).
+    random features and the model is a sum ``sum_g f_g(x_g)``, fitted by backfitting (exact block
+    coordinate descent on the joint ridge objective).
 
     Args:
         num_features: Random ReLU features per group.
-        ridge: Ridge penalty relative to the mean diagonal of each group's Gram matrix.
-        scale: Spread of the random weights.
+        ridge: Ridge penalty, relative to the mean diagonal of each group's Gram matrix.
         seed: Seed of the random layer.
+        sweeps: Backfitting sweeps over the groups.
+
+    Example:
+        >>> x = torch.randn(500, 4)
+        >>> y = torch.stack([x[:, 0] * x[:, 1], x[:, 2], x[:, 3].abs()], dim=1)
+        >>> model = RandomFeatureRidge(256).fit(x, y)
+        >>> model.predict(x).shape
+        torch.Size([500, 3])
     """
 
-    def __init__(self, num_features: int = 1024, *, ridge: float = 1e-3, scale: float = 1.0, seed: int = 0) -> None:
-        self.num_features, self.ridge, self.scale, self.seed = num_features, ridge, scale, seed
+    def __init__(self, num_features: int = 1024, *, ridge: float = 1e-3, seed: int = 0, sweeps: int = 12) -> None:
+        if num_features < 1 or not ridge > 0:
+            raise ValueError(f"need num_features >= 1 and ridge > 0, got {num_features} and {ridge}")
+        self.num_features, self.ridge, self.seed, self.sweeps = num_features, ridge, seed, sweeps
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One ``(N, 1 + D_g + num_features)`` feature matrix per group."""
         out = []
         for (lo, hi), (w, b) in zip(self._slices, self._layers, strict=True):
             z = (x[:, lo:hi] - self._mean[lo:hi]) / self._std[lo:hi]
             out.append(torch.cat([torch.ones(z.shape[0], 1), z, torch.relu(z @ w + b)], dim=1))
         return out
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, groups: Sequence[int] | None = None, sweeps: int = 12):
-        """Fit on ``(N, D_in)`` inputs and ``(N, 3)`` targets; ``groups`` are column counts that sum to D_in."""
+    def fit(self, x: torch.Tensor, y: torch.Tensor, groups: Sequence[int] | None = None) -> RandomFeatureRidge:
+        """Fit on ``(N, D_in)`` inputs and ``(N, K)`` targets.
+
+        Args:
+            x: Inputs.
+            y: Targets.
+            groups: Column counts of consecutive input groups (summing to ``D_in``) for an
+                additive model; None for one joint function.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: ``groups`` that do not add up to the number of columns.
+        """
         widths = [x.shape[1]] if groups is None else list(groups)
         if sum(widths) != x.shape[1]:
             raise ValueError(f"groups {widths} do not add up to the {x.shape[1]} input columns")
-        edges = [0, *torch.tensor(widths).cumsum(0).tolist()]
-        self._slices = list(zip(edges[:-1], edges[1:], strict=True))
+        ends = torch.tensor(widths).cumsum(0).tolist()
+        self._slices = list(zip([0, *ends[:-1]], ends, strict=True))
         self._mean, self._std = x.mean(0), x.std(0).clamp_min(1e-6)
         generator = torch.Generator().manual_seed(self.seed)
         self._layers = [
             (
-                torch.randn(w, self.num_features, generator=generator) * self.scale / w**0.5,
+                torch.randn(w, self.num_features, generator=generator) / w**0.5,
                 torch.randn(self.num_features, generator=generator),
             )
             for w in widths
         ]
         phis = self._features(x)
-        solvers = []
+        factors = []
         for phi in phis:
             gram = phi.T @ phi
             penalty = self.ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
-            solvers.append(torch.linalg.cholesky(gram + penalty))
+            factors.append(torch.linalg.cholesky(gram + penalty))
         self._coef = [torch.zeros(phi.shape[1], y.shape[1]) for phi in phis]
         parts = [torch.zeros_like(y) for _ in phis]
-        for _ in range(sweeps if len(phis) > 1 else 1):
+        for _ in range(self.sweeps if len(phis) > 1 else 1):
             for g, phi in enumerate(phis):
-                residual = y - (sum(parts) - parts[g])
-                self._coef[g] = torch.cholesky_solve(phi.T @ residual, solvers[g])
+                residual = y - (sum(parts) - parts[g])  # what the other groups leave unexplained
+                self._coef[g] = torch.cholesky_solve(phi.T @ residual, factors[g])
                 parts[g] = phi @ self._coef[g]
         return self
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3)`` predictions for ``(N, D_in)`` inputs."""
+        """``(N, K)`` predictions for ``(N, D_in)`` inputs."""
         return sum(phi @ c for phi, c in zip(self._features(x), self._coef, strict=True))
+
+
+class PerClassRidge:
+    """Random features of all inputs with a shared output layer plus one output layer per pixel class.
+
+    The prediction for a pixel of class ``c`` is ``phi(x) . (beta + beta_c)``: a
+    :class:`RandomFeatureRidge` of all inputs (so every label can interact with every other),
+    whose output layer gets a per-class correction, fitted by ridge on the shared model's
+    residual over the pixels of that class. It gives each class its own function of the geometry,
+    as a material gives its class its own response to light. Classes with fewer than
+    ``min_pixels`` training pixels keep the shared layer alone.
+    """
+
+    def __init__(self, num_features: int = 1024, *, ridge: float = 1e-3, seed: int = 0, min_pixels: int = 200) -> None:
+        self.num_features, self.ridge, self.seed, self.min_pixels = num_features, ridge, seed, min_pixels
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor) -> PerClassRidge:
+        """Fit on ``(N, D_in)`` inputs, ``(N, K)`` targets and ``(N,)`` class ids."""
+        self._shared = RandomFeatureRidge(self.num_features, ridge=self.ridge, seed=self.seed).fit(x, y)
+        (phi,) = self._shared._features(x)
+        residual = y - self._shared.predict(x)
+        self._corrections = {}
+        for c in classes.unique().tolist():
+            rows = classes == c
+            if int(rows.sum()) >= self.min_pixels:
+                phi_c = phi[rows]
+                gram = phi_c.T @ phi_c
+                penalty = self.ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
+                self._corrections[c] = torch.linalg.solve(gram + penalty, phi_c.T @ residual[rows])
+        return self
+
+    def predict(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` predictions for ``(N, D_in)`` inputs of ``(N,)`` classes."""
+        (phi,) = self._shared._features(x)
+        out = self._shared.predict(x)
+        for c, coef in self._corrections.items():
+            rows = classes == c
+            out[rows] += phi[rows] @ coef
+        return out
+
+
+def _centre_classes(samples: Sequence[Mapping]) -> torch.Tensor:
+    """``(N,)`` semantic class of every pixel, in the order of :func:`_pixels`."""
+    return torch.cat([s["labels"]["semantic"].reshape(-1) for s in samples])
 
 
 def predictability(
@@ -190,6 +257,7 @@ def predictability(
     *,
     num_classes: int = 9,
     num_features: int = 1024,
+    ridge: float = 1e-3,
     max_train_pixels: int | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -199,7 +267,9 @@ def predictability(
         train: Samples to fit on (dicts with ``image``, ``labels`` and ``masks`` of all five labels).
         test: Held-out samples (other scenes) to score on.
         num_classes: Number of semantic classes.
-        num_features: Random features per function (the additive model has one function per label).
+        num_features: Random features per function (the additive model has one function per
+            label, the interaction model one joint function and one per class).
+        ridge: Ridge penalty, relative to the mean diagonal of the Gram matrix.
         max_train_pixels: Fit on a random subset of this many training pixels (None: all).
         seed: Seed of the random features and of the pixel subset.
 
@@ -212,19 +282,23 @@ def predictability(
     if not train or not test:
         raise ValueError(f"train and test need at least one sample each, got {len(train)} and {len(test)}")
     y_train, y_test = _colours(train), _colours(test)
-    keep = None
+    c_train, c_test = _centre_classes(train), _centre_classes(test)
+    keep = torch.arange(y_train.shape[0])
     if max_train_pixels is not None and max_train_pixels < y_train.shape[0]:
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(y_train.shape[0], generator=generator)[:max_train_pixels]
-        y_train = y_train[keep]
+        keep = torch.randperm(y_train.shape[0], generator=torch.Generator().manual_seed(seed))[:max_train_pixels]
+    y_train, c_train = y_train[keep], c_train[keep]
     scores = {}
     for name in PREDICTORS:
         groups = ("semantic",) if name == "semantic" else LABEL_GROUPS
         x_train, widths = _pixels(train, groups, num_classes)
+        x_train = x_train[keep]
         x_test, _ = _pixels(test, groups, num_classes)
-        if keep is not None:
-            x_train = x_train[keep]
-        model = RandomFeatureRidge(num_features, seed=seed, ridge=float(__import__("os").environ.get("RIDGE", "1e-3")))
-        model.fit(x_train, y_train, widths if name == "additive" else None)
-        scores[name] = r2_score(y_test, model.predict(x_test))
+        if name == "interaction":
+            model = PerClassRidge(num_features, ridge=ridge, seed=seed).fit(x_train, y_train, c_train)
+            prediction = model.predict(x_test, c_test)
+        else:
+            additive = widths if name == "additive" else None
+            model = RandomFeatureRidge(num_features, ridge=ridge, seed=seed).fit(x_train, y_train, additive)
+            prediction = model.predict(x_test)
+        scores[name] = r2_score(y_test, prediction)
     return scores

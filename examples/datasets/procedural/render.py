@@ -20,7 +20,6 @@ from .scene import Scene, room_face_class
 __all__ = ["Hits", "RenderedScene", "cast_rays", "render_scene"]
 
 _SHADOW_OFFSET = 1e-4  # metres along the normal, so a shadow ray does not re-hit its own surface
-_LIGHT_FALLOFF = 2.0  # metres; irradiance ~ 1 / (1 + (dist / falloff)^2)
 _EXPOSURE_KEY = 0.85  # the 90th luminance percentile of surfaces maps to this (before gamma)
 _GAMMA = 2.2
 
@@ -172,7 +171,7 @@ def _irradiance(scene: Scene, hits: Hits) -> np.ndarray:
         origins = p[:, lit] + _SHADOW_OFFSET * n[:, lit]
         visible = ~_in_shadow(scene, origins, light.position[:, None] - origins)
         lit, cos_lit = lit[visible], cos[lit[visible]]
-        falloff = 1.0 / (1.0 + dist2[lit] / _LIGHT_FALLOFF**2)
+        falloff = 1.0 / (1.0 + dist2[lit] / light.falloff**2)
         irradiance[:, surf[lit]] += light.color[:, None] * (cos_lit * falloff)
     return irradiance
 
@@ -272,7 +271,7 @@ def render_scene(scene: Scene, height: int, width: int, *, supersample: int = 2)
     surf = image_hits.has_surface
     luminance = radiance[:, surf].T @ np.array([0.2126, 0.7152, 0.0722])
     key = np.percentile(luminance, 90) if luminance.size else 1.0
-    exposure = scene.exposure * _EXPOSURE_KEY / max(key, 1e-6)
+    exposure = scene.exposure * _EXPOSURE_KEY / max(key, 1e-6) if scene.auto_exposure else scene.exposure
     outdoor = _outdoor_color(scene, d_image[:, ~surf])
     radiance[:, ~surf] = outdoor**_GAMMA / exposure  # the outdoors keeps its display colour
     albedo[:, ~surf] = outdoor
