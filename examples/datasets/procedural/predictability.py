@@ -1,19 +1,19 @@
 """How much of a scene's look its labels predict: per-pixel regressors from label neighbourhoods.
 
-Three kinds of per-pixel predictor of the RGB value of a pixel, each fitted on some scenes and
-scored by R^2 on other (held-out) scenes:
+Three per-pixel predictors of the RGB value of a pixel, each fitted on some scenes and scored by
+R^2 on other (held-out) scenes:
 
-- ``semantic``: an MLP over the 3x3 neighbourhood of the semantic label only.
-- ``additive``: one MLP per label over that label's 3x3 neighbourhood, outputs summed
-  (``f_semantic + f_depth + f_normal + f_edge + f_curvature``): any function of each label
-  alone, but no interaction between labels.
-- ``interaction``: one MLP over the 3x3 neighbourhoods of all labels jointly.
+- ``semantic``: a function of the 3x3 neighbourhood of the semantic label only.
+- ``additive``: one function per label of that label's 3x3 neighbourhood, summed
+  (``f_semantic + f_depth + f_normal + f_edge + f_curvature``): anything each label says alone,
+  but no interaction between labels.
+- ``interaction``: one function of the 3x3 neighbourhoods of all labels jointly.
 
-Every MLP has the same shape (two hidden layers of ``hidden`` GELU units) and is trained the same
-way (Adam on the mean squared error, minibatches of pixels, a fixed number of steps, a cosine
-learning-rate decay), so the three differ only in what they may see and combine. R^2 is
-``1 - SSE / SST`` over all held-out pixels and the three colour channels, where SST is taken
-around the held-out pixels' mean colour.
+Each function is a :class:`RandomFeatureRidge`: a one-hidden-layer ReLU network whose hidden
+layer is random and fixed and whose output layer is ridge regression, solved in closed form (so
+a fit is deterministic and takes seconds). The interaction model has as many random features as
+the additive model's five functions together. R^2 is ``1 - SSE / SST`` over all held-out pixels
+and the three colour channels, with SST taken around the held-out pixels' mean colour.
 
 Labels enter as fixed encodings (:func:`label_features`): the semantic class one-hot, depth in
 units of 5 m plus its presence mask, the camera-frame normal, the edge strength and
@@ -23,7 +23,7 @@ taken with replicated borders.
 Example:
     >>> from examples.datasets import SyntheticDataset
     >>> ds = SyntheticDataset(num_samples=6, resolution=16, seed=0)
-    >>> scores = predictability([ds[i] for i in range(4)], [ds[4], ds[5]], steps=20)
+    >>> scores = predictability([ds[i] for i in range(4)], [ds[4], ds[5]], num_features=32)
     >>> sorted(scores)
     ['additive', 'interaction', 'semantic']
 """
@@ -207,56 +207,12 @@ class RandomFeatureRidge:
         return sum(phi @ c for phi, c in zip(self._features(x), self._coef, strict=True))
 
 
-class PerClassRidge:
-    """Random features of all inputs with a shared output layer plus one output layer per pixel class.
-
-    The prediction for a pixel of class ``c`` is ``phi(x) . (beta + beta_c)``: a
-    :class:`RandomFeatureRidge` of all inputs (so every label can interact with every other),
-    whose output layer gets a per-class correction, fitted by ridge on the shared model's
-    residual over the pixels of that class. It gives each class its own function of the geometry,
-    as a material gives its class its own response to light. Classes with fewer than
-    ``min_pixels`` training pixels keep the shared layer alone.
-    """
-
-    def __init__(self, num_features: int = 1024, *, ridge: float = 1e-3, seed: int = 0, min_pixels: int = 200) -> None:
-        self.num_features, self.ridge, self.seed, self.min_pixels = num_features, ridge, seed, min_pixels
-
-    def fit(self, x: torch.Tensor, y: torch.Tensor, classes: torch.Tensor) -> PerClassRidge:
-        """Fit on ``(N, D_in)`` inputs, ``(N, K)`` targets and ``(N,)`` class ids."""
-        self._shared = RandomFeatureRidge(self.num_features, ridge=self.ridge, seed=self.seed).fit(x, y)
-        (phi,) = self._shared._features(x)
-        residual = y - self._shared.predict(x)
-        self._corrections = {}
-        for c in classes.unique().tolist():
-            rows = classes == c
-            if int(rows.sum()) >= self.min_pixels:
-                phi_c = phi[rows]
-                gram = phi_c.T @ phi_c
-                penalty = self.ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
-                self._corrections[c] = torch.linalg.solve(gram + penalty, phi_c.T @ residual[rows])
-        return self
-
-    def predict(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """``(N, K)`` predictions for ``(N, D_in)`` inputs of ``(N,)`` classes."""
-        (phi,) = self._shared._features(x)
-        out = self._shared.predict(x)
-        for c, coef in self._corrections.items():
-            rows = classes == c
-            out[rows] += phi[rows] @ coef
-        return out
-
-
-def _centre_classes(samples: Sequence[Mapping]) -> torch.Tensor:
-    """``(N,)`` semantic class of every pixel, in the order of :func:`_pixels`."""
-    return torch.cat([s["labels"]["semantic"].reshape(-1) for s in samples])
-
-
 def predictability(
     train: Sequence[Mapping],
     test: Sequence[Mapping],
     *,
     num_classes: int = 9,
-    num_features: int = 1024,
+    num_features: int = 512,
     ridge: float = 1e-3,
     max_train_pixels: int | None = None,
     seed: int = 0,
@@ -267,8 +223,9 @@ def predictability(
         train: Samples to fit on (dicts with ``image``, ``labels`` and ``masks`` of all five labels).
         test: Held-out samples (other scenes) to score on.
         num_classes: Number of semantic classes.
-        num_features: Random features per function (the additive model has one function per
-            label, the interaction model one joint function and one per class).
+        num_features: Random features per label: the semantic model has ``num_features``, the
+            additive model ``num_features`` for each of its five functions and the interaction
+            model ``5 * num_features`` in its one joint function (the same total as the additive one).
         ridge: Ridge penalty, relative to the mean diagonal of the Gram matrix.
         max_train_pixels: Fit on a random subset of this many training pixels (None: all).
         seed: Seed of the random features and of the pixel subset.
@@ -282,23 +239,17 @@ def predictability(
     if not train or not test:
         raise ValueError(f"train and test need at least one sample each, got {len(train)} and {len(test)}")
     y_train, y_test = _colours(train), _colours(test)
-    c_train, c_test = _centre_classes(train), _centre_classes(test)
     keep = torch.arange(y_train.shape[0])
     if max_train_pixels is not None and max_train_pixels < y_train.shape[0]:
         keep = torch.randperm(y_train.shape[0], generator=torch.Generator().manual_seed(seed))[:max_train_pixels]
-    y_train, c_train = y_train[keep], c_train[keep]
+    y_train = y_train[keep]
     scores = {}
     for name in PREDICTORS:
         groups = ("semantic",) if name == "semantic" else LABEL_GROUPS
         x_train, widths = _pixels(train, groups, num_classes)
-        x_train = x_train[keep]
         x_test, _ = _pixels(test, groups, num_classes)
-        if name == "interaction":
-            model = PerClassRidge(num_features, ridge=ridge, seed=seed).fit(x_train, y_train, c_train)
-            prediction = model.predict(x_test, c_test)
-        else:
-            additive = widths if name == "additive" else None
-            model = RandomFeatureRidge(num_features, ridge=ridge, seed=seed).fit(x_train, y_train, additive)
-            prediction = model.predict(x_test)
-        scores[name] = r2_score(y_test, prediction)
+        features = num_features * (len(LABEL_GROUPS) if name == "interaction" else 1)
+        model = RandomFeatureRidge(features, ridge=ridge, seed=seed)
+        model.fit(x_train[keep], y_train, widths if name == "additive" else None)
+        scores[name] = r2_score(y_test, model.predict(x_test))
     return scores
