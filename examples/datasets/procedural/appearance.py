@@ -4,13 +4,14 @@ Two appearances, chosen by name in :data:`APPEARANCES`:
 
 - ``"labelled"`` (the default): the look follows the labels, as in photographs. Each class has
   a small palette of plausible materials (wooden or tiled floors, painted walls, a white ceiling,
-  red or orange balls, wooden boxes, blue or teal cylinders...) with a modest random variation.
-  A key light hangs under the ceiling just in front of the camera (a ceiling lamp in the part of
-  the room the viewer stands in), so the light direction and distance at a surface point follow
-  from its depth and normal; further lights are dim fills elsewhere. Ambient light, colour
-  temperature and exposure vary a little. Patterns depend on the class (planks and tiles on the
-  floor, plain paint on walls, wood grain on boxes, stripes on balls and cylinders) and fade on
-  strongly curved surfaces (:attr:`.materials.Material.curvature_smoothing`).
+  deep red rugs, red or orange balls, wooden boxes, blue cylinders) with a modest random
+  variation; balls and cylinders are glossy. A key light hangs under the ceiling just in front of
+  the camera (a ceiling lamp in the part of the room the viewer stands in), so the light
+  direction and distance at a surface point follow from its depth and normal; further lights
+  are dim fills elsewhere. Ambient light, colour temperature and the (fixed) exposure vary a
+  little; there is no fog. Patterns depend on the class (planks and tiles on the floor, plain
+  paint on walls, wood grain on boxes, stripes on balls and cylinders) and fade on strongly
+  curved surfaces (:attr:`.materials.Material.curvature_smoothing`).
 - ``"random"``: the earlier look, kept for comparison: a random hue and pattern per object and
   surface, lights anywhere under the ceiling, random ambient light, fog and exposure per scene.
 """
@@ -192,7 +193,16 @@ def _random_lights(rng: np.random.Generator, layout: Layout, config: SceneConfig
 
 
 def dress_random(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> Scene:
-    """The ``"random"`` look: random hues and patterns, lights, ambient light, fog and exposure."""
+    """The ``"random"`` look: random hues and patterns, lights, ambient light, fog and exposure.
+
+    Args:
+        rng: The source of randomness for the look.
+        layout: The geometry to dress.
+        config: Scene ranges (the number of lights).
+
+    Returns:
+        The :class:`.scene.Scene`.
+    """
     m = _Materials(rng)
     floor, ceiling, wall = _random_floor(m), _random_ceiling(m), _random_wall(m)
     walls = [wall] * 4
@@ -296,7 +306,7 @@ def _camera_axes(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _labelled_lights(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> tuple[Light, ...]:
-    """A key light under the ceiling 0.3-1.5 m in front of the camera, then dim fills anywhere."""
+    """A key light under the ceiling 0.5-1.2 m in front of the camera, then dim fills anywhere."""
     room, camera = layout.room, layout.camera
     forward, right = _camera_axes(camera)
     xy = camera.position[:2] + rng.uniform(*_KEY_FORWARD) * forward[:2] + rng.uniform(*_KEY_RIGHT) * right[:2]
@@ -312,7 +322,16 @@ def _labelled_lights(rng: np.random.Generator, layout: Layout, config: SceneConf
 
 
 def dress_labelled(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> Scene:
-    """The ``"labelled"`` look: class palettes, class- and curvature-dependent patterns, a key light near the camera."""
+    """The ``"labelled"`` look: class palettes, class- and curvature-dependent patterns, a key light near the camera.
+
+    Args:
+        rng: The source of randomness for the look.
+        layout: The geometry to dress.
+        config: Scene ranges (the number of lights: the key light and ``count - 1`` fills).
+
+    Returns:
+        The :class:`.scene.Scene`.
+    """
     m = _Materials(rng)
     floor = _labelled_floor(m)
     wall = m.add(_pick(rng, _PAINTS), _pick(rng, _PAINTS), "solid", grain=0.03)
