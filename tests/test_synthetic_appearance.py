@@ -7,7 +7,19 @@ import pytest
 import torch
 
 from examples.datasets import SyntheticDataset
-from examples.datasets.procedural import APPEARANCES, CLASS_IDS, render_scene, sample_scene
+from examples.datasets.procedural import (
+    APPEARANCES,
+    CLASS_IDS,
+    Camera,
+    Light,
+    Material,
+    Room,
+    Scene,
+    SceneObject,
+    Sphere,
+    render_scene,
+    sample_scene,
+)
 from examples.datasets.procedural.predictability import (
     RandomFeatureRidge,
     label_features,
@@ -124,3 +136,43 @@ def test_label_features_and_neighbourhood():
         label_features(SyntheticDataset(1, resolution=4, labels=["semantic"])[0], 9)
     with pytest.raises(ValueError, match="at least one sample"):
         predictability([], [sample])
+
+
+def test_curvature_smoothing_fades_patterns_on_curved_surfaces():
+    stripes = Material(
+        color=np.full(3, 0.2), accent=np.full(3, 0.8), pattern="stripes", scale=0.1, curvature_smoothing=0.5
+    )
+    uv = np.stack([np.linspace(0, 1, 200), np.zeros(200)])
+    for curvature in (0.0, 2.0, 10.0):
+        albedo = stripes.albedo(uv, np.full(200, curvature))[0]
+        contrast = albedo.max() - albedo.min()
+        assert contrast == pytest.approx(0.6 * np.exp(-0.5 * curvature), rel=1e-6), curvature
+    with pytest.raises(ValueError, match="curvature_smoothing"):
+        Material(color=np.ones(3), accent=np.ones(3), curvature_smoothing=-1.0)
+
+
+def test_gloss_adds_a_highlight_where_the_normal_faces_light_and_eye():
+    """A glossy sphere lit from the camera is brighter than a matte one, most at the point facing the camera."""
+    camera = Camera(np.array([1.0, 3.0, 1.5]), yaw=0.0, pitch=0.0, hfov=np.radians(50))
+    images = {}
+    for gloss in (0.0, 0.4):
+        red = Material(color=np.array([0.6, 0.1, 0.1]), accent=np.array([0.6, 0.1, 0.1]), gloss=gloss)
+        grey = Material(color=np.full(3, 0.5), accent=np.full(3, 0.5))
+        scene = Scene(
+            room=Room(np.array([6.0, 6.0, 3.0])),
+            camera=camera,
+            materials=(grey, red),
+            room_materials=(0,) * 6,
+            objects=(SceneObject(Sphere(np.array([3.5, 3.0, 1.5]), 0.6), 1),),
+            lights=(Light(np.array([1.05, 3.0, 1.55]), np.full(3, 3.0)),),
+            auto_exposure=False,
+            exposure=1.0,
+        )
+        images[gloss] = render_scene(scene, 33, 33, supersample=1).image
+    out = render_scene(scene, 33, 33, supersample=1)
+    gain = (images[0.4] - images[0.0]).mean(axis=0)  # (H, W)
+    on_sphere = out.semantic == CLASS_IDS["sphere"]
+    assert np.all(gain[~on_sphere] == 0) and np.all(gain[on_sphere] >= 0)
+    peak = np.unravel_index(np.argmax(gain), gain.shape)
+    assert abs(peak[0] - 16) <= 1 and abs(peak[1] - 16) <= 1, peak  # the sphere's centre faces the camera
+    assert gain[peak] > 0.1 and gain[on_sphere].min() < 0.25 * gain[peak]
