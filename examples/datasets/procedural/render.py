@@ -2,8 +2,9 @@
 
 Two sets of rays are cast. Labels come from one ray through each pixel centre, so they are exact
 point samples of the geometry. The image averages ``supersample**2`` rays per pixel (anti-aliased
-textures and silhouettes), each shaded as Lambertian with ambient light, point lights with cast
-shadows (a shadow ray against every object) and depth attenuation, then auto-exposed and
+textures and silhouettes), each shaded as Lambertian with ambient light and point lights with
+cast shadows (a shadow ray against every object), plus a Blinn-Phong highlight on glossy
+materials, attenuated with depth, exposed (automatically or with a fixed exposure) and
 gamma-encoded.
 """
 
