@@ -215,10 +215,11 @@ def _r2_per_class(samples, with_geometry: bool) -> float:
 def test_geometric_labels_explain_appearance_beyond_semantics():
     """Within a class, geometry (shading by normals, depth attenuation, edges) predicts colour.
 
-    Measured over seeds 0-4 (16 images of 32x32 each): class mean R^2 0.32-0.49, with geometry
-    0.59-0.70, a gain of 0.19-0.27 on held-out pixels (0.19 for seed 0, used here).
+    Measured over seeds 0-4 (16 images of 32x32 each, default 'labelled' look): class mean R^2
+    0.52-0.61, with geometry 0.78-0.84, a gain of 0.23-0.28 on held-out pixels (0.26 for seed 0,
+    used here). The 'random' look gave 0.32-0.49, 0.59-0.70 and 0.19-0.27.
     """
     samples = [s for s in SyntheticDataset(num_samples=16, resolution=32, seed=0)]
     r2_mean = _r2_per_class(samples, with_geometry=False)
     r2_geometry = _r2_per_class(samples, with_geometry=True)
-    assert r2_geometry - r2_mean > 0.12, (r2_mean, r2_geometry)
+    assert r2_geometry - r2_mean > 0.15, (r2_mean, r2_geometry)

@@ -4,13 +4,14 @@ Two appearances, chosen by name in :data:`APPEARANCES`:
 
 - ``"labelled"`` (the default): the look follows the labels, as in photographs. Each class has
   a small palette of plausible materials (wooden or tiled floors, painted walls, a white ceiling,
-  red or orange balls, wooden boxes, blue or teal cylinders...) with a modest random variation.
-  A key light hangs under the ceiling just in front of the camera (a ceiling lamp in the part of
-  the room the viewer stands in), so the light direction and distance at a surface point follow
-  from its depth and normal; further lights are dim fills elsewhere. Ambient light, colour
-  temperature and exposure vary a little. Patterns depend on the class (planks and tiles on the
-  floor, plain paint on walls, wood grain on boxes, stripes on balls and cylinders) and fade on
-  strongly curved surfaces (:attr:`.materials.Material.curvature_smoothing`).
+  deep red rugs, red or orange balls, wooden boxes, blue cylinders) with a modest random
+  variation; balls and cylinders are glossy. A key light hangs under the ceiling just in front of
+  the camera (a ceiling lamp in the part of the room the viewer stands in), so the light
+  direction and distance at a surface point follow from its depth and normal; further lights
+  are dim fills elsewhere. Ambient light, colour temperature and the (fixed) exposure vary a
+  little; there is no fog. Patterns depend on the class (planks and tiles on the floor, plain
+  paint on walls, wood grain on boxes, stripes on balls and cylinders) and fade on strongly
+  curved surfaces (:attr:`.materials.Material.curvature_smoothing`).
 - ``"random"``: the earlier look, kept for comparison: a random hue and pattern per object and
   surface, lights anywhere under the ceiling, random ambient light, fog and exposure per scene.
 """
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .geometry import Box, Sphere
+from .geometry import Box, Cylinder, Sphere
 from .materials import Material
 from .sampling import Layout, SceneConfig
 from .scene import Camera, Decal, Light, Scene, SceneObject
@@ -42,7 +43,9 @@ class _Materials:
         self.rng = rng
         self.items: list[Material] = []
 
-    def add(self, color, accent, pattern="solid", scale=0.5, angle=0.0, grain=0.0, curvature_smoothing=0.0) -> int:
+    def add(
+        self, color, accent, pattern="solid", scale=0.5, angle=0.0, grain=0.0, curvature_smoothing=0.0, gloss=0.0
+    ) -> int:
         rng = self.rng
         direction = rng.uniform(0, 2 * np.pi, _NOISE_WAVES)
         magnitude = rng.uniform(0.4, 3.0, _NOISE_WAVES)  # cycles per metre
@@ -58,6 +61,8 @@ class _Materials:
                 noise_freq=freq,
                 noise_phase=rng.uniform(0, 2 * np.pi, _NOISE_WAVES),
                 curvature_smoothing=curvature_smoothing,
+                gloss=gloss,
+                shininess=_SHININESS,
             )
         )
         return len(self.items) - 1
@@ -74,6 +79,7 @@ def _build(
     sky: np.ndarray,
     attenuation: float,
     exposure: float,
+    auto_exposure: bool = True,
 ) -> Scene:
     decals = tuple(
         Decal(d.kind, d.face, d.center, d.half_size, d.angle, m)
@@ -92,6 +98,7 @@ def _build(
         sky=sky,
         attenuation=attenuation,
         exposure=exposure,
+        auto_exposure=auto_exposure,
     )
 
 
@@ -186,7 +193,16 @@ def _random_lights(rng: np.random.Generator, layout: Layout, config: SceneConfig
 
 
 def dress_random(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> Scene:
-    """The ``"random"`` look: random hues and patterns, lights, ambient light, fog and exposure."""
+    """The ``"random"`` look: random hues and patterns, lights, ambient light, fog and exposure.
+
+    Args:
+        rng: The source of randomness for the look.
+        layout: The geometry to dress.
+        config: Scene ranges (the number of lights).
+
+    Returns:
+        The :class:`.scene.Scene`.
+    """
     m = _Materials(rng)
     floor, ceiling, wall = _random_floor(m), _random_ceiling(m), _random_wall(m)
     walls = [wall] * 4
@@ -216,34 +232,42 @@ def dress_random(rng: np.random.Generator, layout: Layout, config: SceneConfig) 
 # -- "labelled": the look follows the class, the geometry and a light near the camera ------------
 
 # Linear reflectances (before gamma). A material draws one palette entry, then a modest variation.
-_WOODS = ((0.42, 0.27, 0.15), (0.30, 0.18, 0.09), (0.52, 0.36, 0.20))
-_TILES = ((0.60, 0.58, 0.54), (0.50, 0.31, 0.21))
-_PAINTS = ((0.80, 0.78, 0.72), (0.76, 0.70, 0.58), (0.70, 0.71, 0.70), (0.64, 0.71, 0.62))
-_CEILING = ((0.86, 0.86, 0.84),)
-_RUGS = ((0.45, 0.09, 0.08), (0.10, 0.13, 0.36), (0.32, 0.33, 0.12))
+_WOODS = ((0.50, 0.36, 0.22), (0.46, 0.32, 0.19))
+_TILES = ((0.55, 0.53, 0.50),)
+_PAINTS = ((0.72, 0.70, 0.65), (0.70, 0.68, 0.60))
+_CEILING = ((0.80, 0.80, 0.78),)
+_RUGS = ((0.40, 0.06, 0.05), (0.32, 0.05, 0.06), (0.45, 0.10, 0.06))
 _RUG_ACCENT = (0.72, 0.62, 0.45)
-_CANVASES = ((0.20, 0.30, 0.50), (0.55, 0.45, 0.25), (0.25, 0.35, 0.20))
-_BALLS = ((0.62, 0.10, 0.08), (0.70, 0.30, 0.06), (0.60, 0.16, 0.20))
-_BOX_WOODS = ((0.55, 0.40, 0.24), (0.66, 0.52, 0.33), (0.38, 0.24, 0.13))
-_CYLINDERS = ((0.10, 0.24, 0.52), (0.07, 0.38, 0.40), (0.26, 0.31, 0.42))
+_CANVASES = ((0.05, 0.10, 0.25), (0.30, 0.20, 0.08), (0.06, 0.12, 0.05))
+_BALLS = ((0.75, 0.10, 0.05), (0.80, 0.25, 0.05), (0.70, 0.12, 0.10))
+_BOX_WOODS = ((0.30, 0.19, 0.10), (0.26, 0.16, 0.08))
+_CYLINDERS = ((0.05, 0.15, 0.45), (0.04, 0.18, 0.40), (0.07, 0.14, 0.50))
 _TRIM = (0.85, 0.82, 0.75)  # the light stripes of balls and cylinders
 _CURVATURE_SMOOTHING = 0.5  # metres: stripes fade to exp(-0.5 * H) on a surface of mean curvature H
 _KEY_POWER = 4.0
-_FILL_POWER = (0.15, 0.3)  # of the key light's power
-_AMBIENT = (0.03, 0.05)  # of the key light's power
+_GLOSS = {Sphere: 0.3, Cylinder: 0.2}  # balls and cylinders are glossy (painted, glazed); the rest is matte
+_SHININESS = 16.0
+_FALLOFF = 1.0  # metres (see Light)
+_KEY_FORWARD = (0.5, 1.2)  # metres ahead of the camera
+_KEY_RIGHT = (-0.4, 0.4)  # metres to the right of the camera
+_KEY_BELOW_CEILING = (0.1, 0.3)  # metres
+_FILL_POWER = (0.03, 0.06)  # of the key light's power
+_AMBIENT = (0.02, 0.03)  # of the key light's power
+_SKY = ((0.80, 0.88, 0.98), (0.93, 0.95, 0.98), (0.74, 0.77, 0.70))  # bright, as windows are in indoor photos
+_EXPOSURE = 2.5  # fixed, as on a camera set for the key light
 
 
 def _pick(rng: np.random.Generator, palette) -> np.ndarray:
-    """One palette colour with a modest variation: +-10 % brightness, +-4 % per channel."""
+    """One palette colour with a modest variation: +-6 % brightness, +-3 % per channel."""
     base = np.array(palette[int(rng.integers(len(palette)))])
-    return base * rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 3)
+    return base * rng.uniform(0.94, 1.06) * rng.uniform(0.97, 1.03, 3)
 
 
 def _labelled_floor(m: _Materials) -> int:
     rng = m.rng
     if rng.random() < 0.7:
         wood = _pick(rng, _WOODS)
-        return m.add(wood, wood * 0.75, "planks", rng.uniform(0.15, 0.22), rng.choice([0, np.pi / 2]), grain=0.08)
+        return m.add(wood, wood * 0.85, "planks", rng.uniform(0.15, 0.22), rng.choice([0, np.pi / 2]), grain=0.08)
     tile = _pick(rng, _TILES)
     return m.add(tile, tile * 0.5, "tiles", rng.uniform(0.4, 0.6), grain=0.03)
 
@@ -258,7 +282,7 @@ def _labelled_object(m: _Materials, shape) -> int:
     accent = color + 0.4 * (np.array(_TRIM) - color)
     angle = float(rng.choice([0.0, np.pi / 2]))
     return m.add(
-        color, accent, "stripes", _wraps(shape, rng), angle, grain=0.03, curvature_smoothing=_CURVATURE_SMOOTHING
+        color, accent, "stripes", _wraps(shape, rng), angle, 0.03, _CURVATURE_SMOOTHING, gloss=_GLOSS[type(shape)]
     )
 
 
@@ -282,23 +306,32 @@ def _camera_axes(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _labelled_lights(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> tuple[Light, ...]:
-    """A key light under the ceiling 0.3-1.5 m in front of the camera, then dim fills anywhere."""
+    """A key light under the ceiling 0.5-1.2 m in front of the camera, then dim fills anywhere."""
     room, camera = layout.room, layout.camera
     forward, right = _camera_axes(camera)
-    xy = camera.position[:2] + rng.uniform(0.3, 1.5) * forward[:2] + rng.uniform(-0.6, 0.6) * right[:2]
+    xy = camera.position[:2] + rng.uniform(*_KEY_FORWARD) * forward[:2] + rng.uniform(*_KEY_RIGHT) * right[:2]
     xy = np.clip(xy, 0.25, room.size[:2] - 0.25)
-    key_position = np.array([*xy, room.size[2] - rng.uniform(0.1, 0.3)])
-    tint = _WARM_WHITE + rng.uniform(0.0, 1.0) * (_NEUTRAL_WHITE - _WARM_WHITE)
-    lights = [Light(key_position, tint * _KEY_POWER)]
+    key_position = np.array([*xy, room.size[2] - rng.uniform(*_KEY_BELOW_CEILING)])
+    tint = _WARM_WHITE + rng.uniform(0.0, 0.5) * (_NEUTRAL_WHITE - _WARM_WHITE)
+    lights = [Light(key_position, tint * _KEY_POWER, _FALLOFF)]
     count = int(rng.integers(config.num_lights[0], config.num_lights[1] + 1))
     for _ in range(count - 1):
         position = np.array([*rng.uniform(0.15, 0.85, 2) * room.size[:2], room.size[2] - rng.uniform(0.15, 0.4)])
-        lights.append(Light(position, tint * _KEY_POWER * rng.uniform(*_FILL_POWER)))
+        lights.append(Light(position, tint * _KEY_POWER * rng.uniform(*_FILL_POWER), _FALLOFF))
     return tuple(lights)
 
 
 def dress_labelled(rng: np.random.Generator, layout: Layout, config: SceneConfig) -> Scene:
-    """The ``"labelled"`` look: class palettes, class- and curvature-dependent patterns, a key light near the camera."""
+    """The ``"labelled"`` look: class palettes, class- and curvature-dependent patterns, a key light near the camera.
+
+    Args:
+        rng: The source of randomness for the look.
+        layout: The geometry to dress.
+        config: Scene ranges (the number of lights: the key light and ``count - 1`` fills).
+
+    Returns:
+        The :class:`.scene.Scene`.
+    """
     m = _Materials(rng)
     floor = _labelled_floor(m)
     wall = m.add(_pick(rng, _PAINTS), _pick(rng, _PAINTS), "solid", grain=0.03)
@@ -307,7 +340,7 @@ def dress_labelled(rng: np.random.Generator, layout: Layout, config: SceneConfig
     decals = [_labelled_decal(m, d.kind) for d in layout.decals]
     lights = _labelled_lights(rng, layout, config)
     ambient = lights[0].color * rng.uniform(*_AMBIENT)
-    sky = np.array([[0.50, 0.68, 0.92], [0.86, 0.90, 0.95], [0.42, 0.50, 0.32]]) * rng.uniform(0.95, 1.05)
+    sky = np.array(_SKY) * rng.uniform(0.97, 1.03)
     return _build(
         layout,
         m,
@@ -318,7 +351,8 @@ def dress_labelled(rng: np.random.Generator, layout: Layout, config: SceneConfig
         ambient,
         sky,
         attenuation=0.0,
-        exposure=float(rng.uniform(0.95, 1.05)),
+        exposure=_EXPOSURE * float(rng.uniform(0.95, 1.05)),
+        auto_exposure=False,
     )
 
 

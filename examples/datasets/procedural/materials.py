@@ -42,6 +42,8 @@ class Material:
         curvature_smoothing: A length in metres; the pattern's contrast is scaled by
             ``exp(-curvature_smoothing * H)`` where ``H`` is the mean curvature of the surface
             point, so strongly curved parts of an object look plain (0 = no effect).
+        gloss: Specular reflectance of a white Blinn-Phong highlight (0 = matte).
+        shininess: Blinn-Phong exponent; larger is a smaller, sharper highlight.
     """
 
     color: np.ndarray
@@ -53,12 +55,16 @@ class Material:
     noise_freq: np.ndarray = field(default_factory=lambda: np.zeros((1, 2)))
     noise_phase: np.ndarray = field(default_factory=lambda: np.zeros(1))
     curvature_smoothing: float = 0.0
+    gloss: float = 0.0
+    shininess: float = 20.0
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale!r}")
+        if not (0 <= self.gloss <= 1 and self.shininess >= 1):
+            raise ValueError(f"gloss must lie in [0, 1] and shininess be >= 1, got {self.gloss!r}, {self.shininess!r}")
         if not self.curvature_smoothing >= 0:
             raise ValueError(f"curvature_smoothing must be >= 0, got {self.curvature_smoothing!r}")
 

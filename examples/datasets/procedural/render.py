@@ -2,8 +2,9 @@
 
 Two sets of rays are cast. Labels come from one ray through each pixel centre, so they are exact
 point samples of the geometry. The image averages ``supersample**2`` rays per pixel (anti-aliased
-textures and silhouettes), each shaded as Lambertian with ambient light, point lights with cast
-shadows (a shadow ray against every object) and depth attenuation, then auto-exposed and
+textures and silhouettes), each shaded as Lambertian with ambient light and point lights with
+cast shadows (a shadow ray against every object), plus a Blinn-Phong highlight on glossy
+materials, attenuated with depth, exposed (automatically or with a fixed exposure) and
 gamma-encoded.
 """
 
@@ -20,7 +21,6 @@ from .scene import Scene, room_face_class
 __all__ = ["Hits", "RenderedScene", "cast_rays", "render_scene"]
 
 _SHADOW_OFFSET = 1e-4  # metres along the normal, so a shadow ray does not re-hit its own surface
-_LIGHT_FALLOFF = 2.0  # metres; irradiance ~ 1 / (1 + (dist / falloff)^2)
 _EXPOSURE_KEY = 0.85  # the 90th luminance percentile of surfaces maps to this (before gamma)
 _GAMMA = 2.2
 
@@ -159,11 +159,26 @@ def _in_shadow(scene: Scene, o: np.ndarray, to_light: np.ndarray) -> np.ndarray:
     return blocked
 
 
-def _irradiance(scene: Scene, hits: Hits) -> np.ndarray:
-    """``(3, N)`` ambient plus direct light from every point light, with cast shadows."""
+def _gloss(scene: Scene, hits: Hits) -> tuple[np.ndarray, np.ndarray]:
+    """``(N,)`` specular reflectance and ``(N,)`` shininess exponent of each hit (0 and 1 where matte)."""
+    gloss, shininess = np.zeros(hits.t.size), np.ones(hits.t.size)
+    for m in np.unique(hits.material):
+        if m >= 0 and scene.materials[m].gloss > 0:
+            idx = hits.material == m
+            gloss[idx], shininess[idx] = scene.materials[m].gloss, scene.materials[m].shininess
+    return gloss, shininess
+
+
+def _shade(scene: Scene, hits: Hits, albedo: np.ndarray, eye: np.ndarray) -> np.ndarray:
+    """``(3, N)`` radiance towards ``eye``: Lambertian (ambient plus point lights with cast shadows)
+    plus a white Blinn-Phong highlight ``gloss * (n . h)^shininess`` on glossy materials."""
     irradiance = np.broadcast_to(scene.ambient[:, None], hits.normal.shape).copy()
+    highlight = np.zeros_like(irradiance)
     surf = np.flatnonzero(hits.has_surface)
     p, n = hits.point[:, surf], hits.normal[:, surf]
+    gloss, shininess = (g[surf] for g in _gloss(scene, hits))
+    to_eye = eye - p
+    to_eye /= np.sqrt(dot(to_eye, to_eye))
     for light in scene.lights:
         to_light = light.position[:, None] - p
         dist2 = dot(to_light, to_light)
@@ -172,9 +187,15 @@ def _irradiance(scene: Scene, hits: Hits) -> np.ndarray:
         origins = p[:, lit] + _SHADOW_OFFSET * n[:, lit]
         visible = ~_in_shadow(scene, origins, light.position[:, None] - origins)
         lit, cos_lit = lit[visible], cos[lit[visible]]
-        falloff = 1.0 / (1.0 + dist2[lit] / _LIGHT_FALLOFF**2)
+        falloff = 1.0 / (1.0 + dist2[lit] / light.falloff**2)
         irradiance[:, surf[lit]] += light.color[:, None] * (cos_lit * falloff)
-    return irradiance
+        shiny = lit[gloss[lit] > 0]
+        if shiny.size:
+            half = to_light[:, shiny] / np.sqrt(dist2[shiny]) + to_eye[:, shiny]  # (3, S) half vectors
+            cos_half = np.clip(dot(n[:, shiny], half) / np.sqrt(dot(half, half)), 0.0, 1.0)
+            strength = gloss[shiny] * cos_half ** shininess[shiny] / (1.0 + dist2[shiny] / light.falloff**2)
+            highlight[:, surf[shiny]] += light.color[:, None] * strength
+    return albedo * irradiance + highlight
 
 
 def _outdoor_color(scene: Scene, d: np.ndarray) -> np.ndarray:
@@ -267,12 +288,12 @@ def render_scene(scene: Scene, height: int, width: int, *, supersample: int = 2)
         image_hits = cast_rays(scene, o_image, d_image)
 
     albedo = _albedo(scene, image_hits)
-    radiance = albedo * _irradiance(scene, image_hits)
+    radiance = _shade(scene, image_hits, albedo, camera.position[:, None])
     radiance *= np.exp(-scene.attenuation * np.where(image_hits.has_surface, image_hits.t, 0.0))
     surf = image_hits.has_surface
     luminance = radiance[:, surf].T @ np.array([0.2126, 0.7152, 0.0722])
     key = np.percentile(luminance, 90) if luminance.size else 1.0
-    exposure = scene.exposure * _EXPOSURE_KEY / max(key, 1e-6)
+    exposure = scene.exposure * _EXPOSURE_KEY / max(key, 1e-6) if scene.auto_exposure else scene.exposure
     outdoor = _outdoor_color(scene, d_image[:, ~surf])
     radiance[:, ~surf] = outdoor**_GAMMA / exposure  # the outdoors keeps its display colour
     albedo[:, ~surf] = outdoor

@@ -91,6 +91,7 @@ class Layout:
         camera: The camera.
         objects: The object shapes, in scene order.
         decals: Rugs, paintings and windows (``material`` still unset, -1).
+        footprints: ``(xy centre, radius)`` of every object on the floor, to keep new ones clear.
     """
 
     room: Room

@@ -94,10 +94,15 @@ class Camera:
 
 @dataclass(frozen=True)
 class Light:
-    """A point light; ``color`` is its RGB power (irradiance ``color * cos / (1 + (dist/2m)^2)``)."""
+    """A point light; ``color`` is its RGB power: irradiance ``color * cos / (1 + (dist / falloff)^2)``.
+
+    The irradiance falls off as the inverse square of the distance beyond ``falloff`` metres and
+    stays finite closer in (a lamp is not a point).
+    """
 
     position: np.ndarray
     color: np.ndarray
+    falloff: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,10 @@ class Scene:
         ambient: ``(3,)`` ambient irradiance.
         sky: ``(3, 3)`` outdoor colours (zenith, horizon, ground) as seen through windows, in [0, 1].
         attenuation: Depth attenuation of the image, 1/m (radiance is scaled by ``exp(-a * depth)``).
-        exposure: Multiplier on the automatic exposure.
+        exposure: Multiplier on the automatic exposure, or with ``auto_exposure=False`` the
+            exposure itself (display value before gamma = ``exposure * radiance``).
+        auto_exposure: Scale the image so that the 90th luminance percentile of the surfaces
+            maps to a fixed value (as a camera's automatic exposure does).
     """
 
     room: Room
@@ -181,6 +189,7 @@ class Scene:
     sky: np.ndarray = field(default_factory=lambda: np.array([[0.45, 0.65, 0.95], [0.85, 0.9, 0.95], [0.4, 0.5, 0.3]]))
     attenuation: float = 0.0
     exposure: float = 1.0
+    auto_exposure: bool = True
 
     def __post_init__(self) -> None:
         if len(self.room_materials) != 6:
