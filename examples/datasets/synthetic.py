@@ -31,7 +31,7 @@ __all__ = ["LABEL_NAMES", "SyntheticDataset"]
 LABEL_NAMES = ("semantic", "depth", "normal", "edge", "curvature")
 """All labels, in the order of :attr:`SyntheticDataset.label_specs`."""
 
-_CACHE_FORMAT = 2  # bump when the rendered content changes, so old caches are not reused
+_CACHE_FORMAT = 3  # bump when the rendered content changes, so old caches are not reused
 _ARRAY_KEYS = (
     "image",
     "semantic",

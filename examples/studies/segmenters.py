@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from examples.datasets import SyntheticDataset
 from examples.metrics import SmallSegmenter, image_and_label_collate, load_segmenter, save_segmenter, train_segmenter
 from examples.metrics.network_files import cached_network_path, save_atomically
 from examples.metrics.samples import cycle_batches
@@ -68,6 +69,11 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _synthetic_settings(data: DataConfig) -> str:
+    height, width = image_size(data)
+    return SyntheticDataset(1, resolution=(height, width), seed=SCENE_SEED)._settings_key()
+
+
 def _key(data: DataConfig, recipe: SegmenterRecipe) -> dict:
     """Everything that changes the trained segmenter."""
     root = os.path.abspath(data.data_root) if data.data_root else None
@@ -77,6 +83,8 @@ def _key(data: DataConfig, recipe: SegmenterRecipe) -> dict:
         "data_root": root,
         "image_size": list(image_size(data)),
         "scene_seed": SCENE_SEED if data.dataset == "synthetic" else None,
+        # The renderer's settings (and version): a segmenter trained on other scenes is not reused.
+        "scene_settings": _synthetic_settings(data) if data.dataset == "synthetic" else None,
         **asdict(recipe),
     }
 
