@@ -673,3 +673,13 @@ def test_consistency_matrix_finds_the_label_whose_removal_hurts_it():
     assert matrix["own_label_worst"]["depth"] is True
     assert "| depth |" in "\n".join(consistency_matrix_lines(matrix))
     assert consistency_matrix(per_model, labels, "sparsity=0.5") == {}
+
+
+def test_segmenter_cache_key_follows_the_renderer(monkeypatch):
+    from examples.datasets import SyntheticDataset
+    from examples.studies.segmenters import SegmenterRecipe, cached_segmenter_path
+    from examples.training.config import DataConfig
+
+    before = cached_segmenter_path("/tmp/c", DataConfig(resolution=32), SegmenterRecipe())
+    monkeypatch.setattr(SyntheticDataset, "_settings_key", lambda self: "renderer-changed")
+    assert cached_segmenter_path("/tmp/c", DataConfig(resolution=32), SegmenterRecipe()) != before
