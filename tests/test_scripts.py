@@ -20,6 +20,7 @@ SCRIPTS = [
     "benchmarks/kernel_resources.py",
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",
+    "benchmarks/synthetic_predictability.py",
     "docs/scripts/render_synthetic_figure.py",
 ]
 
