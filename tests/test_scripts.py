@@ -25,6 +25,7 @@ SCRIPTS = [
     "benchmarks/merger_probe.py",
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",
+    "benchmarks/synthetic_predictability.py",
     "docs/scripts/render_synthetic_figure.py",
     "docs/scripts/render_controllability_figure.py",
 ]
