@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from examples.datasets.synthetic import SyntheticDataset  # noqa: E402
 from examples.label_images import image_to_rgb, label_columns, save_grid  # noqa: E402
+from examples.studies.environment import default_cache_dir  # noqa: E402
 from label_merge.sparsity import label_dropout, region_dropout  # noqa: E402
 
 __all__ = ["main", "build_parser", "controllability_metric"]
@@ -234,20 +235,35 @@ def generate(backbone: Backbone, controlnet, labels, masks, *, steps: int, seed:
     return backbone.decode(x)
 
 
-def controllability_metric(*, specs, resolution: int, cache_dir: Path):
-    """``(images, labels, masks) -> dict`` scoring how well images follow their labels, or None.
+def controllability_metric(*, specs, resolution: int, cache_dir: Path, estimator_steps: int, estimator_samples: int):
+    """``(images, labels, present, given, real) -> dict``: how well images follow their labels.
 
-    A label estimator re-reads each label from the images (``examples.metrics.controllability``,
-    trained once on the synthetic scenes and cached). When that module is not available the
-    metric is reported as unavailable and training results stand on their own.
+    The label estimator of ``examples.metrics.controllability`` re-reads each label from the
+    images; it is trained once on the synthetic scenes of this size and cached (shared with the
+    studies when ``cache_dir`` is the default). Each label is scored where it was given to the
+    model and where it was missing, with the real images' scores as the ceiling.
     """
-    try:
-        from examples.metrics.controllability import label_consistency, load_or_train_estimator
-    except ImportError as error:
-        print(f"controllability: unavailable ({error})")
-        return None
-    estimator = load_or_train_estimator(specs=specs, resolution=resolution, cache_dir=cache_dir)
-    return lambda images, labels, masks: label_consistency(images, labels, masks, estimator)
+    from examples.metrics.controllability import flatten_consistency, label_consistency
+    from examples.metrics.estimator_training import EstimatorRecipe, obtain_label_estimator
+
+    recipe = EstimatorRecipe(steps=estimator_steps, samples=estimator_samples)
+    estimator, _ = obtain_label_estimator(resolution, recipe, cache_dir=cache_dir, progress=False)
+    semantic = specs.get("semantic")
+
+    def score(images, labels, present, given, real):
+        result = label_consistency(
+            images,
+            labels,
+            given,
+            estimator,
+            label_present=present,
+            real_images=real,
+            num_classes=semantic.num_classes if semantic is not None else None,
+            ignore_index=semantic.ignore_index if semantic is not None else None,
+        )
+        return flatten_consistency(result)
+
+    return score
 
 
 # ---------------------------------------------------------------- script
@@ -277,7 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache for rendered scenes and the label estimator")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache for rendered scenes and the label estimator (default: $LABEL_MERGE_CACHE or ~/.cache/label-merge)",
+    )
+    p.add_argument(
+        "--estimator-steps", type=int, default=800, help="training steps of the controllability label estimator"
+    )
+    p.add_argument("--estimator-samples", type=int, default=1024, help="scenes the label estimator learns from")
     return p
 
 
@@ -325,11 +350,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     metrics = {"steps": args.steps, "final_loss": sum(losses[-args.log_every :]) / len(losses[-args.log_every :])}
     score = controllability_metric(
-        specs=specs, resolution=args.resolution, cache_dir=args.cache_dir or args.out / "cache"
+        specs=specs,
+        resolution=args.resolution,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        estimator_steps=args.estimator_steps,
+        estimator_samples=args.estimator_samples,
     )
-    if score is not None:
-        metrics["controllability_all_labels"] = score(dense_images, held_out.labels, held_out.masks)
-        metrics["controllability_sparse_labels"] = score(sparse_images, held_out.labels, sparse)
+    truth, real = held_out.masks, held_out.images
+    metrics["controllability_all_labels"] = score(dense_images, held_out.labels, truth, held_out.masks, real)
+    metrics["controllability_sparse_labels"] = score(sparse_images, held_out.labels, truth, sparse, real)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     print(
         f"samples: {args.out / 'samples.png'}; model: {args.out / 'controlnet'}; metrics: {args.out / 'metrics.json'}"

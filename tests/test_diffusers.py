@@ -288,12 +288,19 @@ def test_docstring_examples(lm_diffusers):
 
 TINY_RUN = ["--resolution", "16", "--train-samples", "4", "--test-samples", "2", "--steps", "2"]
 TINY_RUN += ["--batch-size", "2", "--unet-width", "8", "--merger-dim", "6", "--sample-steps", "2", "--log-every", "1"]
+TINY_RUN += ["--estimator-steps", "2", "--estimator-samples", "4"]
 
 
 def check_run(lm_diffusers, out, metrics):
     assert metrics["steps"] == 2 and metrics["final_loss"] > 0
     assert (out / "samples.png").is_file()
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["steps"] == 2
+    # Controllability: dense labels are given everywhere; sparse ones also have a missing split.
+    assert "depth/given/abs_rel" in saved["controllability_all_labels"]
+    assert "depth/missing/abs_rel" not in saved["controllability_all_labels"]
+    assert "depth/missing/abs_rel" in saved["controllability_sparse_labels"]
+    assert any(key.startswith("ceiling/depth/") for key in saved["controllability_sparse_labels"])
     from examples.datasets.synthetic import SyntheticDataset
 
     loaded = lm_diffusers.TLAMControlNetModel.from_pretrained(out / "controlnet")
@@ -305,7 +312,17 @@ def check_run(lm_diffusers, out, metrics):
 def test_training_example_runs_from_a_config(lm_diffusers, tmp_path):
     from examples.train_controlnet_tlam import main
 
-    metrics = main([*TINY_RUN, "--out", str(tmp_path / "run"), "--merger-resolution", "image"])
+    metrics = main(
+        [
+            *TINY_RUN,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--merger-resolution",
+            "image",
+        ]
+    )
     check_run(lm_diffusers, tmp_path / "run", metrics)
 
 
@@ -327,7 +344,9 @@ def test_training_example_reads_a_local_stable_diffusion_folder(lm_diffusers, tm
     ).save_pretrained(folder / "vae")
     DDPMScheduler().save_pretrained(folder / "scheduler")
 
-    metrics = main([*TINY_RUN, "--out", str(tmp_path / "run"), "--pretrained", str(folder)])
+    metrics = main(
+        [*TINY_RUN, "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--pretrained", str(folder)]
+    )
     check_run(lm_diffusers, tmp_path / "run", metrics)
     # VAE factor 2: the latent-resolution merger saw 8x8 labels.
     config = json.loads((tmp_path / "run" / "controlnet" / "config.json").read_text())
