@@ -118,7 +118,8 @@ def test_label_subset_specs_and_unknown_label(building_first):
     assert ds.labels == ("semantic", "curvature")
     assert ds.label_specs == {
         "semantic": LabelSpec.categorical(18, ignore_index=0),
-        "curvature": LabelSpec.continuous(2),
+        # taskbank's curvature statistics, decoded to 1/m (see the dataset's label_specs).
+        "curvature": LabelSpec.continuous(2, shift=(-0.90, -1.81), scale=(8.38, 5.68)),
     }
     s = ds[0]
     assert set(s["labels"]) == set(s["masks"]) == {"semantic", "curvature"}
