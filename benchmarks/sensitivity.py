@@ -1,8 +1,9 @@
 """Label sensitivity study: FID against label sparsity (paper Fig. 6b) and with each label removed (Fig. 6c).
 
 A TLAM + ASAP-Net model trained with 50% region sparsity is measured on the held-out synthetic
-scenes at evaluation sparsities 0% to 70% and, with dense labels otherwise (``--removal-sparsity``), with each label removed entirely
-(and with none removed, the reference). The models are the quality study's ``asap-tlam-sparse``
+scenes at evaluation sparsities 0% to 70% and, with the other labels dense
+(``--removal-sparsity``), with each label removed entirely (and with none removed, the
+reference). The models are the quality study's ``asap-tlam-sparse``
 runs of the same budget (trained here if they do not exist yet, one per seed), each measured at
 the checkpoints the quality study averages over, or ``--checkpoint`` files. Every degraded
 condition is compared with its reference (dense labels; no label removed) on the same models and

@@ -73,7 +73,9 @@ def test_naive_concat_copies_normalised_values():
 
 def test_normalisation_lives_in_the_state_dict():
     source = twin(TLAM, normalised_specs(), depth=1, heads=3, backend="torch")
-    other = {n: s if s.is_categorical else LabelSpec.continuous(s.channels, shift=9.0, scale=0.5) for n, s in SPECS.items()}
+    other = {
+        n: s if s.is_categorical else LabelSpec.continuous(s.channels, shift=9.0, scale=0.5) for n, s in SPECS.items()
+    }
     target = twin(TLAM, other, depth=1, heads=3, backend="torch")
     state = source.state_dict()
     assert torch.equal(state["normalize.shift_normal"], torch.tensor(SHIFT["normal"]))
@@ -97,7 +99,9 @@ def test_concept_norm_gives_unit_scale_per_pixel(cls):
     assert "concept_norm.weight" in merger.state_dict()
     c = merger(make_labels(), make_masks())  # (B, d, H, W)
     torch.testing.assert_close(c.mean(dim=1), torch.zeros_like(c[:, 0]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(c.var(dim=1, unbiased=False), torch.ones_like(c[:, 0]), atol=0.05, rtol=0)  # eps=1e-5 in LN
+    torch.testing.assert_close(
+        c.var(dim=1, unbiased=False), torch.ones_like(c[:, 0]), atol=0.05, rtol=0
+    )  # eps=1e-5 in LN
     assert twin(cls, SPECS, **kw).concept_norm is None  # off by default
 
 

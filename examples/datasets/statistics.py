@@ -56,9 +56,7 @@ def label_statistics(dataset: Dataset, num_samples: int | None = None) -> Statis
     return out
 
 
-def normalised_specs(
-    specs: Mapping[str, LabelSpec], stats: Statistics
-) -> dict[str, LabelSpec]:
+def normalised_specs(specs: Mapping[str, LabelSpec], stats: Statistics) -> dict[str, LabelSpec]:
     """``specs`` with ``shift = mean`` and ``scale = std`` for every label in ``stats``.
 
     Raises:
