@@ -612,13 +612,9 @@ def test_controllability_scorer_reports_every_split_per_scene():
 
     from examples.studies.controllability import controllability_directions, controllability_scorer
 
-    torch.manual_seed(0)
-    estimator = (
-        lambda x: {  # noqa: E731  a fixed stand-in: reads depth from brightness
-            "semantic": torch.zeros(x.shape[0], 3, *x.shape[-2:]),
-            "depth": 2 + x[:, :1],
-        }
-    )
+    def estimator(x):  # a fixed stand-in: reads depth from brightness
+        return {"semantic": torch.zeros(x.shape[0], 3, *x.shape[-2:]), "depth": 2 + x[:, :1]}
+
     batch = {
         "image": torch.rand(3, 3, 4, 4) * 2 - 1,
         "labels": {"semantic": torch.zeros(3, 4, 4, dtype=torch.long), "depth": torch.full((3, 1, 4, 4), 2.0)},
