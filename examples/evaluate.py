@@ -35,7 +35,6 @@ from dataclasses import replace  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from examples.metrics import (  # noqa: E402
     CannyEdgeEstimator,
@@ -46,15 +45,14 @@ from examples.metrics import (  # noqa: E402
     obtain_label_estimator,
 )
 from examples.studies.budgets import BUDGETS, resolve_budget  # noqa: E402
-from examples.studies.conditions import LabelCondition, apply_condition  # noqa: E402
+from examples.studies.conditions import LabelCondition  # noqa: E402
 from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402
 from examples.studies.scoring import build_scorer, evaluate_generator, evaluation_loader, fid_weights_from  # noqa: E402
 from examples.studies.segmenters import SegmenterRecipe, file_digest, obtain_segmenter  # noqa: E402
 from examples.training.builders import build_datasets, image_size, label_specs_of, restore_generator  # noqa: E402
 from examples.training.checkpoint import CheckpointError  # noqa: E402
-from examples.training.loop import to_device  # noqa: E402
 
-__all__ = ["evaluate_checkpoint", "measure_controllability", "default_output", "main"]
+__all__ = ["evaluate_checkpoint", "PooledConsistency", "default_output", "main"]
 
 
 def default_output(checkpoint: Path, *, split: str, condition: LabelCondition) -> Path:
@@ -109,7 +107,7 @@ def evaluate_checkpoint(
         batch_size: Generation batch.
         device: Where to run.
         progress: Show progress bars.
-        controllability: Also measure per-label consistency (see :func:`measure_controllability`).
+        controllability: Also measure per-label consistency, in the same pass (see :class:`PooledConsistency`).
         estimator: A LabelEstimator file for it, or None for the cached one of the synthetic
             scenes (trained now if missing); real datasets without a file read edges only (Canny).
         estimator_recipe: How that estimator is trained (None: the default :class:`EstimatorRecipe`).
@@ -167,13 +165,7 @@ def evaluate_checkpoint(
         net, net_path = obtain_segmenter(
             data, recipe, cache_dir=cache_dir or default_cache_dir(), device=device, progress=progress
         )
-    scorer = build_scorer(
-        segmenter=net, segmenter_path=net_path, semantic_spec=semantic_spec, fid_weights=fid_weights, device=device
-    )
-    loader = evaluation_loader(dataset, batch_size=batch_size, workers=data.workers)
-    results = evaluate_generator(
-        generator, loader, scorer, condition, device=device, progress=progress, desc=f"evaluating {checkpoint.name}"
-    )
+    consistency = None
     if controllability:
         if estimator is not None:
             reader, reader_name = load_label_estimator(estimator, device=device), _file_name(estimator)
@@ -188,16 +180,21 @@ def evaluate_checkpoint(
             reader_name = _file_name(reader_path)
         else:
             reader, reader_name = CannyEdgeEstimator(), repr(CannyEdgeEstimator())
-        results["controllability"] = measure_controllability(
-            generator,
-            loader,
-            reader,
-            condition,
-            model_labels=list(specs),
-            semantic_spec=semantic_spec,
-            device=device,
-            progress=progress,
-        )
+        consistency = PooledConsistency(reader, model_labels=list(specs), semantic_spec=semantic_spec)
+    scorer = build_scorer(
+        segmenter=net,
+        segmenter_path=net_path,
+        semantic_spec=semantic_spec,
+        fid_weights=fid_weights,
+        device=device,
+        scene_scorers=[consistency] if consistency is not None else (),
+    )
+    loader = evaluation_loader(dataset, batch_size=batch_size, workers=data.workers)
+    results = evaluate_generator(
+        generator, loader, scorer, condition, device=device, progress=progress, desc=f"evaluating {checkpoint.name}"
+    )
+    if consistency is not None:
+        results["controllability"] = consistency.accumulator.compute()
         results["label_estimator"] = reader_name
     return {
         "checkpoint": str(checkpoint),
@@ -213,60 +210,36 @@ def evaluate_checkpoint(
     }
 
 
-@torch.no_grad()
-def measure_controllability(
-    generator: torch.nn.Module,
-    batches,
-    estimator,
-    condition: LabelCondition,
-    *,
-    model_labels: list[str],
-    semantic_spec=None,
-    device: str = "cpu",
-    progress: bool = True,
-) -> dict:
-    """Per-label consistency of the images ``generator`` makes from ``batches`` under ``condition``.
+class PooledConsistency:
+    """A scene scorer for :func:`~examples.studies.scoring.evaluate_generator` that measures
+    controllability on the images of that same pass (no second generation).
 
-    The images are generated with the same seeded masks as :func:`evaluate_generator` (the
-    sample's position seeds its sparsity). A label is *given* where the model was given it: where
-    its mask is True, for the labels the model takes; a removed label, or one the model does not
-    take, is missing everywhere.
+    It feeds every batch into a :class:`~examples.metrics.ConsistencyAccumulator` (pooled
+    figures and the real images' ceiling, read with ``accumulator.compute()`` afterwards) and adds
+    no per-scene metric. A label is *given* where the model was given it: where its mask is True,
+    for the labels the model takes; a removed label, or one the model does not take, is missing
+    everywhere.
 
     Args:
-        generator: ``(labels, masks) -> (image, concept)``.
-        batches: Sample-dict batches in a fixed order.
         estimator: Reads labels from images (see :mod:`examples.metrics.estimator`).
-        condition: Sparsity and removed labels.
         model_labels: The labels the model takes.
         semantic_spec: The dataset's semantic label (classes, ignored id), or None.
-        device: Where the generator runs.
-        progress: Show a progress bar.
-
-    Returns:
-        ``{label: {"given"/"missing": {figure: value}}, "ceiling": ...}`` (see
-        :meth:`~examples.metrics.ConsistencyAccumulator.compute`).
     """
-    was_training = generator.training
-    generator.eval()
-    accumulator = ConsistencyAccumulator(
-        estimator,
-        num_classes=semantic_spec.num_classes if semantic_spec is not None else None,
-        ignore_index=semantic_spec.ignore_index if semantic_spec is not None else None,
-    )
-    position = 0
-    try:
-        for batch in tqdm(batches, desc="controllability", unit="batch", disable=not progress, leave=False):
-            batch = to_device(batch, device)
-            masks = apply_condition(
-                batch["masks"], batch.get("regions"), condition, labels=batch["labels"], first_position=position
-            )
-            fake, _ = generator(batch["labels"], masks)
-            given = {name: mask for name, mask in masks.items() if name in model_labels}
-            accumulator.update_from_batch(fake.float().clamp(-1, 1), batch, given)
-            position += fake.shape[0]
-    finally:
-        generator.train(was_training)
-    return accumulator.compute()
+
+    __name__ = "pooled_controllability"  # how the scorer is named in the recorded protocol
+
+    def __init__(self, estimator, *, model_labels: list[str], semantic_spec=None) -> None:
+        self.model_labels = list(model_labels)
+        self.accumulator = ConsistencyAccumulator(
+            estimator,
+            num_classes=semantic_spec.num_classes if semantic_spec is not None else None,
+            ignore_index=semantic_spec.ignore_index if semantic_spec is not None else None,
+        )
+
+    def __call__(self, fake: torch.Tensor, batch, masks) -> dict:
+        given = {name: mask for name, mask in masks.items() if name in self.model_labels}
+        self.accumulator.update_from_batch(fake, batch, given)
+        return {}
 
 
 def _file_name(path: str | os.PathLike) -> str:

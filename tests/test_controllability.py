@@ -455,19 +455,26 @@ class Replay(torch.nn.Module):
         return self.images.pop(0), None
 
 
-def test_measure_controllability_splits_by_what_the_model_was_given():
-    from examples.evaluate import measure_controllability
+def test_pooled_consistency_splits_by_what_the_model_was_given():
+    from examples.evaluate import PooledConsistency
+    from examples.metrics import SmallSegmenter
     from examples.studies.conditions import LabelCondition
-    from examples.studies.scoring import evaluation_loader
+    from examples.studies.scoring import build_scorer, evaluate_generator, evaluation_loader
 
     scenes = SyntheticDataset(4, resolution=16, seed=5)
     loader = evaluation_loader(scenes, batch_size=2)
     estimator = LabelEstimator(CLASSES, width=4, depth=1)
     condition = LabelCondition(sparsity=0.5, drop_labels=("depth",))
     copy = Replay(batch["image"] for batch in loader)
-    result = measure_controllability(
-        copy, loader, estimator, condition, model_labels=["semantic", "depth", "normal", "edge"], progress=False
+    consistency = PooledConsistency(estimator, model_labels=["semantic", "depth", "normal", "edge"])
+    scorer = build_scorer(
+        segmenter=SmallSegmenter(CLASSES, width=4, depth=1),
+        segmenter_path=None,
+        semantic_spec=scenes.label_specs["semantic"],
+        scene_scorers=[consistency],
     )
+    evaluate_generator(copy, loader, scorer, condition, progress=False)
+    result = consistency.accumulator.compute()
     ceiling = result.pop("ceiling")
     assert flatten_consistency(result) == flatten_consistency(ceiling)  # copying the scene reaches the ceiling
     assert sorted(result["depth"]) == ["missing"]  # removed
