@@ -23,6 +23,7 @@ __all__ = [
     "metric_matrix",
     "row_summary",
     "compare_measurements",
+    "same_seeds",
     "comparison_lines",
     "interval_cell",
     "scene_metric_names",
@@ -275,8 +276,19 @@ def quality_claims(rows: Sequence[dict]) -> list[dict]:
         if not a or not b:
             continue
         metrics = [*CLAIM_SET_METRICS, *scene_metric_names(a + b)]
-        claims.append({"claim": text, "a": name_a, "b": name_b, "checks": compare_measurements(a, b, metrics)})
+        paired = same_seeds(by_name[name_a]["runs"], by_name[name_b]["runs"])
+        checks = compare_measurements(a, b, metrics, paired_seeds=paired)
+        claims.append({"claim": text, "a": name_a, "b": name_b, "checks": checks})
     return claims
+
+
+def same_seeds(runs_a: Sequence[Mapping], runs_b: Sequence[Mapping]) -> bool:
+    """Whether two rows were trained with the same seeds, in the same order.
+
+    A study draws each run's batch order and training masks from its seed, so rows with the
+    same seeds are paired by design (see :mod:`examples.studies.statistics`).
+    """
+    return [run["seed"] for run in runs_a] == [run["seed"] for run in runs_b]
 
 
 def _number(value: float | None, scale: float = 1.0) -> str:
@@ -374,9 +386,11 @@ def quality_markdown(report: Mapping) -> str:
         "## Claims",
         "",
         "Difference A − B of the row means; A is the first row named in the claim. The interval is a "
-        "two-level bootstrap (scenes resampled jointly for both rows since they are the same scenes, "
-        "seeds within each row); the test is Wilcoxon's signed-rank test on the seed-averaged per-scene "
-        "differences (per-scene metrics) or Mann-Whitney's U test on the seeds (set-level metrics). "
+        "two-level bootstrap: scenes resampled jointly for both rows since they are the same scenes, and "
+        "seeds resampled jointly too when both rows were trained with the same seeds (the same batches and "
+        "training masks, so seed i of A is paired with seed i of B), within each row otherwise. The p-value "
+        "is a t-test over the per-seed means (paired when the seeds are), since the training seed is the "
+        "unit of replication. "
         f'A claim "holds" or is "reversed" only when the interval excludes zero; otherwise it is "{UNDECIDED}".',
         "",
     ]

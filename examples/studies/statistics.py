@@ -1,4 +1,4 @@
-"""Bootstrap intervals and paired tests for comparing rows of a study.
+"""Bootstrap intervals and tests over seeds for comparing rows of a study.
 
 A study measures every row (a model configuration) with several training seeds on the same
 evaluation scenes, so a per-scene metric of a row is a matrix ``(seeds, scenes)``. Two sources
@@ -8,6 +8,17 @@ the same scene for both (paired), and seeds with replacement within each row ind
 (different rows are trained independently) or shared when both matrices come from the same
 models (a model measured under two conditions). A set-level metric (FID) is a ``(seeds, 1)``
 matrix, for which only the seed level remains.
+
+The training seed is the unit of replication: a p-value says how surprising the difference would
+be if another set of training runs were drawn, so it comes from a t-test over the per-seed means
+(paired when the rows share their seeds, Welch's otherwise), never from a test over scenes, whose
+scenes are those of the few models trained.
+
+Rows trained with the same seed see the same batches in the same order and the same training
+masks (the studies draw both from the seed), so their per-seed results are correlated. Pairing
+the seeds (``paired_seeds=True``: seed ``i`` of A resampled together with seed ``i`` of B, and a
+paired t-test) removes that shared variance; it is valid because the pairing is fixed by the
+design before any run, and it gives tighter intervals than resampling each row's seeds on its own.
 
 A claim gets a verdict only when the 95% interval of the difference excludes zero; otherwise it
 is "undecided at this budget".
@@ -101,9 +112,9 @@ class Comparison:
     Attributes:
         difference: Difference of the means (over seeds and scenes).
         low, high: Its bootstrap 95% interval (None when neither level can be resampled).
-        p_value: Two-sided p-value of the test named by ``test`` (None when it cannot be run).
-        test: ``"wilcoxon signed-rank over scenes"`` (per-scene metrics, on seed-averaged
-            differences) or ``"mann-whitney u over seeds"`` (set-level metrics).
+        p_value: Two-sided p-value of the test named by ``test``, over the per-seed means (None
+            when it cannot be run: fewer than two seeds, or no spread to test against).
+        test: ``"paired t over seeds"`` (rows sharing their seeds) or ``"welch t over seeds"``.
         scenes: Scenes used (finite in both rows).
         seeds_a, seeds_b: Seeds of each row.
     """
@@ -127,8 +138,10 @@ def compare(a, b, *, paired_seeds: bool = False, resamples: int = RESAMPLES, see
     Args:
         a: Row A, ``(seeds_a, scenes)``, or ``(seeds_a,)`` for a set-level metric.
         b: Row B, ``(seeds_b, scenes)`` with the same scenes in the same order.
-        paired_seeds: Both rows come from the same models (seed ``i`` of A is seed ``i`` of B),
-            so seeds are resampled jointly; otherwise independently.
+        paired_seeds: Seed ``i`` of A is paired with seed ``i`` of B (the same models measured
+            under two conditions, or rows trained with the same seeds, batches and masks), so
+            seeds are resampled jointly and the test is a paired t-test; otherwise seeds are
+            resampled independently per row and the test is Welch's t-test.
         resamples: Bootstrap resamples.
         seed: Seed of the resampling.
 
@@ -144,9 +157,9 @@ def compare(a, b, *, paired_seeds: bool = False, resamples: int = RESAMPLES, see
         >>> scenes = rng.normal(size=200)  # what makes a scene easy or hard, shared by both rows
         >>> a = scenes + 1.0 + 0.1 * rng.normal(size=(5, 200))
         >>> b = scenes + 0.1 * rng.normal(size=(5, 200))
-        >>> c = compare(a, b)
-        >>> round(c.difference, 1), c.low > 0, c.p_value < 0.001
-        (1.0, True, True)
+        >>> c = compare(a, b, paired_seeds=True)
+        >>> round(c.difference, 1), c.low > 0, c.p_value < 0.001, c.test
+        (1.0, True, True, 'paired t over seeds')
     """
     a, b = as_matrix(a, "a"), as_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
@@ -155,8 +168,7 @@ def compare(a, b, *, paired_seeds: bool = False, resamples: int = RESAMPLES, see
         raise ValueError(f"paired seeds need as many seeds in both rows: {a.shape[0]} against {b.shape[0]}")
     a, b = _complete_scenes(a, b)
     scenes = a.shape[1]
-    set_level = scenes == 1
-    test = "mann-whitney u over seeds" if set_level else "wilcoxon signed-rank over scenes"
+    test = "paired t over seeds" if paired_seeds else "welch t over seeds"
     if scenes == 0:
         return Comparison(None, None, None, None, test, 0, a.shape[0], b.shape[0])
     difference = float(a.mean() - b.mean())
@@ -168,19 +180,25 @@ def compare(a, b, *, paired_seeds: bool = False, resamples: int = RESAMPLES, see
         seeds_b = seeds_a if paired_seeds else _weights(rng, b.shape[0], resamples)  # (R, S_b)
         differences = _resampled_means(a, seeds_a, scene_weights) - _resampled_means(b, seeds_b, scene_weights)
         low, high = (float(x) for x in np.percentile(differences, [2.5, 97.5]))
-    return Comparison(difference, low, high, _p_value(a, b, set_level), test, scenes, a.shape[0], b.shape[0])
+    p_value = _seed_p_value(a.mean(axis=1), b.mean(axis=1), paired=paired_seeds)
+    return Comparison(difference, low, high, p_value, test, scenes, a.shape[0], b.shape[0])
 
 
-def _p_value(a: np.ndarray, b: np.ndarray, set_level: bool) -> float | None:
-    if set_level:
-        if min(a.shape[0], b.shape[0]) < 2:
-            return None
-        return float(stats.mannwhitneyu(a[:, 0], b[:, 0], alternative="two-sided").pvalue)
-    per_scene = a.mean(axis=0) - b.mean(axis=0)  # (N,): seed-averaged paired differences
-    if not np.any(per_scene != 0):
-        return 1.0  # identical rows: nothing to test (scipy refuses all-zero differences)
-    p = float(stats.wilcoxon(per_scene).pvalue)
-    return p if math.isfinite(p) else None
+def _seed_p_value(seeds_a: np.ndarray, seeds_b: np.ndarray, *, paired: bool) -> float | None:
+    """Two-sided t-test over the per-seed means ``(S_a,)`` and ``(S_b,)``; None when untestable."""
+    if min(len(seeds_a), len(seeds_b)) < 2:
+        return None
+    if paired:
+        differences = seeds_a - seeds_b  # (S,)
+        if not np.any(differences != 0):
+            return 1.0  # identical rows: nothing to test
+        p = stats.ttest_rel(seeds_a, seeds_b).pvalue
+    else:
+        if np.array_equal(np.unique(seeds_a), np.unique(seeds_b)) and len(np.unique(seeds_a)) == 1:
+            return 1.0  # both rows the same constant
+        p = stats.ttest_ind(seeds_a, seeds_b, equal_var=False).pvalue
+    p = float(p)
+    return p if math.isfinite(p) else None  # no spread at all: a t-test has nothing to say
 
 
 def verdict(comparison: Comparison, *, higher_is_better: bool | None) -> str:
@@ -192,7 +210,7 @@ def verdict(comparison: Comparison, *, higher_is_better: bool | None) -> str:
     (``higher_is_better=None``) only says which row is higher.
 
     Example:
-        >>> c = Comparison(-2.0, -3.0, -1.0, 0.01, "wilcoxon signed-rank over scenes", 10, 5, 5)
+        >>> c = Comparison(-2.0, -3.0, -1.0, 0.01, "paired t over seeds", 10, 5, 5)
         >>> verdict(c, higher_is_better=False), verdict(c, higher_is_better=True)
         ('holds', 'reversed')
     """
