@@ -290,6 +290,51 @@ class TLAM(_TokenMerger):
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (P, N)
         return rearrange(out, "(b h w) n -> b n h w", b=B, h=H, w=W)
 
+    @torch.no_grad()
+    def token_states(
+        self, labels: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """Every label token of every pixel, as embedded and after each transformer block.
+
+        For looking inside the merger: what a token carries before and after attention, and so
+        what the mean over tokens keeps of it. Runs the reference path.
+
+        Args:
+            labels: As for :meth:`forward`.
+            masks: As for :meth:`forward`.
+
+        Returns:
+            ``depth + 1`` tensors ``(B, N, dim, H, W)`` in spec (token) order: the embedded
+            tokens ``e_k + p_k``, then the output of each block. With ``drop="zero"`` the
+            concept is the mean of the last one over ``N``.
+
+        Examples:
+            >>> import torch
+            >>> from label_merge import TLAM, LabelSpec
+            >>> m = TLAM({"a": LabelSpec.continuous(1), "b": LabelSpec.categorical(3)}, dim=8, depth=2, heads=2)
+            >>> labels = {"a": torch.rand(1, 1, 4, 4), "b": torch.randint(0, 3, (1, 4, 4))}
+            >>> states = m.token_states(labels)
+            >>> len(states), tuple(states[-1].shape)
+            (3, (1, 2, 8, 4, 4))
+            >>> torch.allclose(states[-1].mean(dim=1), m(labels), atol=1e-6)
+            True
+        """
+        (B, H, W), chunks, device = self._pixel_chunks(labels, masks)
+        if B * H * W == 0:
+            dtype = self.proj[self.label_names[0]].weight.dtype
+            return [torch.zeros(B, len(self.specs), self.dim, H, W, device=device, dtype=dtype)] * (self.depth + 1)
+        per_chunk = []
+        for given, num_pixels in chunks:
+            z, present = self._tokens(given, num_pixels, device)  # (P, N, d), (P, N)
+            key_mask = reference.attention_keys(present) if self.drop == "exclude" else None
+            states = [z]
+            for block in self.blocks:
+                z = reference.transformer_block(z, key_mask, block)
+                states.append(z)
+            per_chunk.append(states)
+        layers = [torch.cat([chunk[i] for chunk in per_chunk]) for i in range(self.depth + 1)]  # each (P, N, d)
+        return [rearrange(z, "(b h w) n d -> b n d h w", b=B, h=H, w=W) for z in layers]
+
     def extra_repr(self) -> str:
         return (
             f"labels={self.label_names}, dim={self.dim}, depth={self.depth}, heads={self.heads}, "

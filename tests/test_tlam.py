@@ -444,3 +444,26 @@ def test_cpu_fused_attention_equals_the_explicit_form():
     (g_fused,) = torch.autograd.grad(fused.square().sum(), x)
     (g_explicit,) = torch.autograd.grad(explicit.square().sum(), x)
     torch.testing.assert_close(g_fused, g_explicit)
+
+
+def test_token_states_end_in_the_concept_and_follow_the_equations():
+    from label_merge import TLAM, LabelSpec
+
+    torch.manual_seed(0)
+    specs = {"semantic": LabelSpec.categorical(5, ignore_index=0), "depth": LabelSpec.continuous(1)}
+    for drop in ("zero", "exclude"):
+        m = TLAM(specs, dim=8, depth=2, heads=2, drop=drop, chunk_pixels=7).eval()
+        labels = {"semantic": torch.randint(0, 5, (2, 3, 5)), "depth": torch.rand(2, 1, 3, 5)}
+        masks = {"depth": torch.rand(2, 3, 5) > 0.5}
+        states = m.token_states(labels, masks)
+        assert len(states) == 3 and all(s.shape == (2, 2, 8, 3, 5) for s in states)
+        if drop == "zero":
+            torch.testing.assert_close(states[-1].mean(dim=1), m(labels, masks), rtol=1e-5, atol=1e-6)
+        # The embedded semantic token is Eq. (1) plus the label encoding: GELU(A[:, id] + b) + p_0.
+        ids = labels["semantic"]
+        proj = m.proj["semantic"]
+        expected = torch.nn.functional.gelu(proj.weight.t()[ids] + proj.bias) + m.label_embed[0]  # (B, H, W, d)
+        expected = torch.where((ids > 0)[..., None], expected, torch.nn.functional.gelu(proj.bias) + m.label_embed[0])
+        torch.testing.assert_close(states[0][:, 0], expected.permute(0, 3, 1, 2))
+    empty = m.token_states({"semantic": torch.zeros(0, 3, 5, dtype=torch.long)})
+    assert empty[0].shape == (0, 2, 8, 3, 5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ from torch import nn
 from examples.datasets import SyntheticDataset
 from examples.studies.conditions import sample_generator
 from label_merge import CLAM, TLAM, LabelSpec, NaiveConcat
-from label_merge.sparsity import region_dropout
+from label_merge.sparsity import label_dropout, region_dropout
 
 __all__ = [
     "ProbeConfig",
     "ProbeRow",
+    "raw_specs",
     "ROWS",
     "SceneTensors",
     "render_scenes",
@@ -34,6 +35,9 @@ __all__ = [
     "probe_masks",
 ]
 
+
+# Seed offset of the whole-label dropout draws (distinct from the region dropout's seeds).
+LABEL_DROPOUT_STREAM = 7_919 * 1_000_003
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -81,12 +85,41 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class ProbeRow:
-    """One row: a merger (``semantic``, ``naive``, ``clam``, ``tlam``), sparse or dense."""
+    """One row: a merger (``semantic``, ``naive``, ``clam``, ``tlam``), sparse or dense.
+
+    The defaults are the probe's rows; the other fields describe the variants of the merger
+    choice study (``benchmarks/merger_choice.py``).
+
+    Attributes:
+        name: The row's name (results and trained runs are filed under it).
+        merger: ``semantic``, ``naive``, ``clam`` or ``tlam``.
+        sparse: Region dropout at ``ProbeConfig.sparsity`` in training (and, in the probe, in
+            evaluation).
+        concept_norm: End CLAM or TLAM with a LayerNorm over the concept.
+        normalize: Keep the dataset's label normalisation (``LabelSpec`` shift and scale); False
+            gives the merger raw label values.
+        include_masks: Naive concatenation's presence channels.
+        label_dropout: Whole-label dropout in training: each label of each scene is dropped
+            entirely with this probability (after region dropout).
+        dim, depth, heads, steps: Override the config's merger sizes or training steps.
+    """
 
     name: str
     merger: str
     sparse: bool
     concept_norm: bool = False
+    normalize: bool = True
+    include_masks: bool = True
+    label_dropout: float = 0.0
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    steps: int | None = None
+
+    def configure(self, config: ProbeConfig) -> ProbeConfig:
+        """``config`` with this row's merger sizes and steps."""
+        overrides = {k: getattr(self, k) for k in ("dim", "depth", "heads", "steps") if getattr(self, k) is not None}
+        return replace(config, **overrides)
 
 
 ROWS = (
@@ -158,14 +191,26 @@ class Probe(nn.Module):
         return self.decoder(self.merger(known, known_masks))
 
 
+def raw_specs(specs: Mapping[str, LabelSpec]) -> dict[str, LabelSpec]:
+    """The specs without normalisation: continuous labels reach the merger as they are."""
+    return {
+        name: LabelSpec.continuous(spec.channels) if not spec.is_categorical else spec for name, spec in specs.items()
+    }
+
+
 def build_probe(row: ProbeRow, specs: Mapping[str, LabelSpec], config: ProbeConfig) -> Probe:
-    """The row's merger (public API of ``label_merge``) with the shared decoder."""
+    """The row's merger (public API of ``label_merge``) with the shared decoder.
+
+    ``config`` is the study's; the row's own sizes (:meth:`ProbeRow.configure`) are applied here.
+    """
+    config = row.configure(config)
+    specs = specs if row.normalize else raw_specs(specs)
     if row.merger == "tlam":
         merger = TLAM(specs, dim=config.dim, depth=config.depth, heads=config.heads, concept_norm=row.concept_norm)
     elif row.merger == "clam":
         merger = CLAM(specs, dim=config.dim, depth=config.depth, concept_norm=row.concept_norm)
     elif row.merger == "naive":
-        merger = NaiveConcat(specs)
+        merger = NaiveConcat(specs, include_masks=row.include_masks)
     elif row.merger == "semantic":
         merger = NaiveConcat({"semantic": specs["semantic"]}, include_masks=False)
     else:
@@ -197,6 +242,7 @@ def train_probe(
     """Train one run: Adam on the mean squared error between predicted and real image."""
     torch.manual_seed(seed)
     model = build_probe(row, train.specs, config)
+    config = row.configure(config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(seed)
     positions = torch.randperm(len(train), generator=order)
@@ -209,6 +255,10 @@ def train_probe(
         batch = train.take(index)
         # Fresh sparse masks every step, from (seed, step): reproducible, never reused.
         masks = probe_masks(batch, config.sparsity if row.sparse else 0.0, seed=seed * 1_000_003 + step)
+        if row.label_dropout:
+            # Its own stream, so the region masks of seed i stay those of every other row.
+            whole = torch.Generator().manual_seed(LABEL_DROPOUT_STREAM + seed * 1_000_003 + step)
+            masks = label_dropout(masks, p_label=row.label_dropout, generator=whole)
         loss = (model(batch.labels, masks) - batch.images).square().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
