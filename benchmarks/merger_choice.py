@@ -138,8 +138,13 @@ ROWS_OF = {"ladder": ladder_rows, "width": width_rows, "missing": missing_rows, 
 
 
 def all_jobs() -> list[tuple[ProbeRow, int]]:
-    """Every (row, seed) of every part, once, cheapest-to-answer first: the ladder and missing-label
-    runs, then the width runs, then the long ones (a run that several parts share is trained once)."""
+    """Every (row, seed) of every part, once (a run that several parts share is trained once).
+
+    Ordered so that a training cut short still answers as much as it can: the cheap naive and
+    CLAM runs; TLAM at width 16 on seeds 0-2; TLAM at width 32 on seeds 0-2; TLAM at width 16
+    on the remaining seeds; TLAM at width 64; then TLAM's 1,200-step runs. Within a tier, seed by
+    seed, so every row gains paired seeds together.
+    """
     jobs: dict[tuple[str, int], tuple[ProbeRow, int]] = {}
     for part in ("missing", "ladder", "fidelity", "width"):
         for row in ROWS_OF[part]():
@@ -149,13 +154,17 @@ def all_jobs() -> list[tuple[ProbeRow, int]]:
                     raise AssertionError(f"row {row.name!r} is defined two ways")
                 jobs.setdefault((row.name, seed), (row, seed))
 
-    def cost(job):
-        row, seed = job
-        long = (row.steps or 0) > ProbeConfig.steps
+    def tier(row: ProbeRow, seed: int) -> int:
+        if row.merger != "tlam":
+            return 0
+        if (row.steps or 0) > ProbeConfig.steps:
+            return 5
         width = row.dim or ProbeConfig.dim
-        return (long, row.merger == "tlam" and width > 16, width, row.merger == "tlam", seed)
+        if width == 16:
+            return 1 if seed < 3 else 3
+        return 2 if width == 32 else 4
 
-    return sorted(jobs.values(), key=cost)
+    return sorted(jobs.values(), key=lambda job: (tier(*job), job[1], job[0].name))
 
 
 # ---------------------------------------------------------------- training, cached on disk
@@ -235,25 +244,32 @@ class Evaluator:
         return 1.0 - evaluate_probe(model, self.test, masks)["sse"] / self.sst.mean()
 
 
-def seeds_matrix(per_seed: dict[int, np.ndarray], seeds) -> np.ndarray:
-    return np.stack([per_seed[s] for s in seeds])  # (seeds, N)
+# A row's scores are ``{seed: per-scene R² (N,)}`` over the seeds it has completed.
+Scores = dict[int, np.ndarray]
 
 
-def summary(matrix: np.ndarray) -> dict:
+def summary(scores: Scores) -> dict:
+    seeds = sorted(scores)
+    matrix = np.stack([scores[s] for s in seeds])  # (seeds, N)
     seed_means = matrix.mean(axis=1)
     return {
         **bootstrap_mean(matrix),
+        "seeds": seeds,
         "per_seed": seed_means.tolist(),
         "seed_std": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else None,
     }
 
 
-def claim(text: str, a: np.ndarray, b: np.ndarray, better: str, worse: str) -> dict:
-    comparison = compare(a, b, paired_seeds=True, seed=0)
+def claim(text: str, a: Scores, b: Scores, better: str, worse: str) -> dict:
+    """A > B on the seeds both rows completed, seed-paired."""
+    common = sorted(set(a) & set(b))
+    matrix_a, matrix_b = np.stack([a[s] for s in common]), np.stack([b[s] for s in common])  # (seeds, N)
+    comparison = compare(matrix_a, matrix_b, paired_seeds=True, seed=0)
     return {
         "claim": text,
         "better": better,
         "worse": worse,
+        "seeds": common,
         **comparison.to_dict(),
         "verdict": verdict(comparison, higher_is_better=True),
     }
@@ -312,9 +328,12 @@ class Study:
             trained += train_run(self.path(row, seed), self.row(row), seed, self.train, self.config)
         return trained
 
+    def completed(self, row: ProbeRow, seeds) -> list[int]:
+        return [s for s in seeds if self.path(row, s).exists()]
+
     def complete(self, rows: list[ProbeRow], seeds) -> list[ProbeRow]:
-        """The rows whose runs all exist (a part reports only those)."""
-        return [row for row in rows if all(self.path(row, s).exists() for s in seeds)]
+        """The rows with at least two trained seeds (a part reports only those, on the seeds they have)."""
+        return [row for row in rows if len(self.completed(row, seeds)) >= 2]
 
     def train_seconds(self, rows, seeds) -> float:
         total = 0.0
@@ -326,11 +345,11 @@ class Study:
 
     # -- the R² of each row under its own regime (ladder, width)
 
-    def regime_scores(self, rows, seeds) -> dict[str, np.ndarray]:
+    def regime_scores(self, rows, seeds) -> dict[str, Scores]:
         scores = {}
         for row in rows:
             masks = self.evaluator.masks(self.config.sparsity if row.sparse else 0.0)
-            scores[row.name] = seeds_matrix({s: self.evaluator.explained(self.model(row, s), masks) for s in seeds}, seeds)
+            scores[row.name] = {s: self.evaluator.explained(self.model(row, s), masks) for s in self.completed(row, seeds)}
         return scores
 
     def ladder(self) -> dict:
@@ -371,13 +390,12 @@ class Study:
         names = list(self.train.specs)
         conditions = {f"sparsity {s:g}": (s, ()) for s in TEST_SPARSITIES}
         conditions |= {text: (0.0, removed) for text, removed in removal_conditions(names).items()}
-        scores: dict[str, dict[str, np.ndarray]] = {c: {} for c in conditions}
+        scores: dict[str, dict[str, Scores]] = {c: {} for c in conditions}
         for row in tqdm(rows, desc="missing: evaluating", disable=not self.progress):
-            models = {s: self.model(row, s) for s in seeds}
+            models = {s: self.model(row, s) for s in self.completed(row, seeds)}
             for text, (sparsity, removed) in conditions.items():
                 masks = without(self.evaluator.masks(sparsity), removed)
-                per_seed = {s: self.evaluator.explained(m, masks) for s, m in models.items()}
-                scores[text][row.name] = seeds_matrix(per_seed, seeds)
+                scores[text][row.name] = {s: self.evaluator.explained(m, masks) for s, m in models.items()}
         claims = []
         for text, by_row in scores.items():
             for regime in ("dense", "sparse", "sparse-wholelabel"):
@@ -398,12 +416,12 @@ class Study:
         test = self.evaluator.test
         results: dict[str, dict[str, list[dict]]] = {}
         for row in tqdm(rows, desc="fidelity: read-outs", disable=not self.progress):
-            for seed in seeds:
+            for seed in self.completed(row, seeds):
                 for where, scores in class_readout(self.model(row, seed).merger, fit, test).items():
                     results.setdefault(f"{row.name}: {where}", {}).setdefault("runs", []).append({"seed": seed, **scores})
         for entry in results.values():
             for metric in ("miou", "pixel_accuracy"):
-                entry[metric] = summary(np.array([[run[metric]] for run in entry["runs"]]))
+                entry[metric] = summary({run["seed"]: np.array([run[metric]]) for run in entry["runs"]})
         return {"readouts": results, "seeds": list(seeds)}
 
     def report(self, part: str) -> dict | None:

@@ -28,8 +28,9 @@ def _header(report: Mapping, what: str) -> list[str]:
         f"The merger probe: {config['resolution']}x{config['resolution']} synthetic scenes, "
         f"{config['train_scenes']} for training and {config['test_scenes']} held out, batch {config['batch_size']}, "
         f"learning rate {config['lr']:g}, decoder width {config['decoder_width']}, {config['steps']} steps unless "
-        f"a row says otherwise; seeds {report['seeds']}. Every setting was fixed before the runs and is the same "
-        "for every row (`row_settings` in the JSON).",
+        f"a row says otherwise; seeds {report['seeds']} planned for every row. Every setting was fixed before the "
+        "runs and is the same for every row (`row_settings` in the JSON). A row is reported on the seeds it "
+        "completed (listed per row; at least two), a comparison on the seeds both rows completed.",
         "",
         f"Training time summed over this part's runs: {report['train_seconds'] / 60:.1f} min on "
         f"{machine['cpu']} ({machine['torch_threads']} thread per run, shared machine: not a speed figure).",
@@ -39,13 +40,14 @@ def _header(report: Mapping, what: str) -> list[str]:
 
 def _claims(claims, extra: str = "") -> list[str]:
     lines = [
-        "| claim | difference of R² | 95% interval | paired t p | verdict |",
-        "| --- | --- | --- | --- | --- |",
+        "| claim | difference of R² | 95% interval | paired t p | seeds | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for c in claims:
         p = "n/a" if c["p_value"] is None else f"{c['p_value']:.2g}"
         verdict = c["verdict"] if c["verdict"].startswith("undecided") else f"**{c['verdict']}**"
-        lines.append(f"| {c['claim']} | {c['difference']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] | {p} | {verdict} |")
+        interval = f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+        lines.append(f"| {c['claim']} | {c['difference']:+.4f} | {interval} | {p} | {len(c['seeds'])} | {verdict} |")
     lines += [
         "",
         "Difference of held-out R² (A − B), seeds paired (seed i of both rows trained on the same batches and "
@@ -57,10 +59,13 @@ def _claims(claims, extra: str = "") -> list[str]:
 
 
 def _rows_table(rows: Mapping, settings: Mapping) -> list[str]:
-    lines = ["| row | merger | width | steps | R² [95% interval] | seed sd |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| row | merger | width | steps | R² [95% interval] | seed sd | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, s in rows.items():
         row = settings[name]
-        width = row["dim"] or "16" if row["merger"] in ("tlam", "clam") else ""
+        width = (row["dim"] or 16) if row["merger"] in ("tlam", "clam") else ""
         options = []
         if not row["normalize"]:
             options.append("raw labels")
@@ -68,7 +73,8 @@ def _rows_table(rows: Mapping, settings: Mapping) -> list[str]:
             options.append("no presence channels")
         merger = row["merger"] + (f" ({', '.join(options)})" if options else "")
         steps = row["steps"] or "400"
-        lines.append(f"| {name} | {merger} | {width} | {steps} | {_cell(s, digits=4)} | {s['seed_std']:.4f} |")
+        seeds = ",".join(map(str, s["seeds"]))
+        lines.append(f"| {name} | {merger} | {width} | {steps} | {_cell(s, digits=4)} | {s['seed_std']:.4f} | {seeds} |")
     return lines + [""]
 
 

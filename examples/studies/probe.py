@@ -147,6 +147,7 @@ class SceneTensors:
         return self.images.shape[0]
 
     def take(self, index: torch.Tensor) -> SceneTensors:
+        index = index.to(self.images.device)
         return SceneTensors(
             self.images[index],
             {k: v[index] for k, v in self.labels.items()},
@@ -156,12 +157,27 @@ class SceneTensors:
         )
 
 
+    def to(self, device: torch.device | str) -> SceneTensors:
+        """The scenes on ``device``."""
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return SceneTensors(
+            self.images.to(device), move(self.labels), move(self.masks), self.regions.to(device), self.specs
+        )
+
+
 def render_scenes(
-    num: int, resolution: int, seed: int, *, cache_dir=None, progress: Callable | None = None
+    num: int, resolution: int, seed: int, *, cache_dir=None, progress: Callable | None = None, workers: int = 0
 ) -> SceneTensors:
-    """Render ``num`` synthetic scenes into memory (stacked tensors)."""
+    """Render ``num`` synthetic scenes into memory (stacked tensors), in ``workers`` processes if > 0.
+
+    Scene ``i`` depends only on ``(seed, i)``, so the result is the same for any ``workers``.
+    """
     ds = SyntheticDataset(num, resolution=resolution, seed=seed, cache_dir=cache_dir)
-    samples = [ds[i] for i in (progress(range(num)) if progress else range(num))]
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
+        samples = list(progress(loader) if progress else loader)
+    else:
+        samples = [ds[i] for i in (progress(range(num)) if progress else range(num))]
     stack = lambda key, name: torch.stack([s[key][name] for s in samples])  # noqa: E731
     return SceneTensors(
         images=torch.stack([s["image"] for s in samples]),
