@@ -302,7 +302,7 @@ def evaluate_probe(
         outs.append(model(part.labels, {k: v[index] for k, v in masks.items()}).clamp(-1, 1))
     pred = torch.cat(outs)  # (N, 3, H, W)
     sse = (pred - test.images).square().flatten(1).sum(1)  # (N,)
-    return {"sse": sse.double().numpy(), "predictions": pred}
+    return {"sse": sse.double().cpu().numpy(), "predictions": pred}
 
 
 def total_variance(images: torch.Tensor) -> np.ndarray:
