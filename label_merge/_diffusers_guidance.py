@@ -20,7 +20,7 @@ import torch
 
 from .label_dicts import pack_labels, resize_labels
 
-__all__ = ["LabelGuidedPipeline", "LabelGuidedOutput", "compose_label_guidance"]
+__all__ = ["LabelGuidedPipeline", "LabelGuidedOutput", "compose_label_guidance", "guidance_branch_masks"]
 
 
 def compose_label_guidance(
@@ -79,6 +79,54 @@ class LabelGuidedOutput:
     """
 
     images: Any
+
+
+def guidance_branch_masks(
+    labels: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor] | None,
+    *,
+    unconditional: bool,
+    dropped: Sequence[str],
+) -> list[dict[str, torch.Tensor]]:
+    """The masks of every guidance branch, in the order :func:`compose_label_guidance` combines them.
+
+    ``[no label anywhere] (if unconditional) + [masks] + [masks with label k missing, for k in dropped]``.
+    A mask of all False makes a label missing everywhere, exactly as if it were not given.
+
+    Args:
+        labels: ``{name: tensor}``, batch ``B`` and size ``(H, W)``.
+        masks: ``{name: bool (B, H, W)}`` or None (every label present where it is valid).
+        unconditional: Whether the first branch, without any label, is wanted.
+        dropped: Labels to drop one at a time (each must be in ``labels``).
+
+    Returns:
+        One masks dict per branch, each for every label in ``labels``.
+
+    Raises:
+        ValueError: A dropped label that is not in ``labels``.
+
+    Example:
+        >>> labels = {"depth": torch.ones(1, 1, 2, 2), "edge": torch.ones(1, 1, 2, 2)}
+        >>> branches = guidance_branch_masks(labels, None, unconditional=True, dropped=["edge"])
+        >>> [{name: bool(m.any()) for name, m in branch.items()} for branch in branches]
+        [{'depth': False, 'edge': False}, {'depth': True, 'edge': True}, {'depth': True, 'edge': False}]
+    """
+    batch, (height, width) = _check_labels(labels, masks)
+    unknown = [name for name in dropped if name not in labels]
+    if unknown:
+        raise ValueError(f"cannot drop {unknown}: they are not among the labels given, {list(labels)}")
+    first = next(iter(labels.values()))
+    nothing = torch.zeros(batch, height, width, dtype=torch.bool, device=first.device)
+    given = {}
+    for name, x in labels.items():
+        if masks is not None and name in masks:
+            given[name] = masks[name].reshape(batch, height, width).bool()
+        else:  # present wherever the value is valid; pack_labels still drops ignore_index pixels
+            given[name] = torch.ones(batch, height, width, dtype=torch.bool, device=x.device)
+    branches = [dict.fromkeys(labels, nothing)] if unconditional else []
+    branches.append(given)
+    branches += [{**given, name: nothing} for name in dropped]
+    return branches
 
 
 def _check_labels(labels: Any, masks: Any) -> tuple[int, tuple[int, int]]:
@@ -179,19 +227,8 @@ class LabelGuidedPipeline:
     def _branch_conditions(self, labels, masks, *, unconditional: bool, dropped: Sequence[str]) -> torch.Tensor:
         """Packed conditions of every branch, stacked: ``[uncond] + [cond] + [without k for k in dropped]``."""
         specs, dtype = self.controlnet.label_specs, self.controlnet.dtype
-        batch, (height, width) = _check_labels(labels, masks)
-        device = next(iter(labels.values())).device
-        given = masks if masks is not None else {}
-
-        def without(names):
-            # A mask of all False makes the label missing everywhere, exactly as if it were not given.
-            nothing = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-            kept = {name: given[name] for name in labels if name in given}
-            return {**kept, **dict.fromkeys(names, nothing)}
-
-        branches = [without(labels)] if unconditional else []
-        branches += [given, *(without([name]) for name in dropped)]
-        packed = [pack_labels(specs, labels, branch_masks or None, dtype=dtype) for branch_masks in branches]
+        branches = guidance_branch_masks(labels, masks, unconditional=unconditional, dropped=dropped)
+        packed = [pack_labels(specs, labels, branch, dtype=dtype) for branch in branches]
         return torch.cat(packed)  # (branches * N, packed_channels, H, W)
 
     def _text(self, prompt, negative_prompt, per_prompt, unconditional, branches, size, device):

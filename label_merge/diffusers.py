@@ -57,6 +57,7 @@ __all__ = [
     "LabelGuidedPipeline",
     "LabelGuidedOutput",
     "compose_label_guidance",
+    "guidance_branch_masks",
     "specs_to_config",
     "specs_from_config",
 ]
@@ -571,4 +572,9 @@ class TLAMControlNetModel(ControlNetModel):
 
 
 # Label-aware guidance lives in its own file; it is part of this module's API.
-from ._diffusers_guidance import LabelGuidedOutput, LabelGuidedPipeline, compose_label_guidance  # noqa: E402
+from ._diffusers_guidance import (  # noqa: E402
+    LabelGuidedOutput,
+    LabelGuidedPipeline,
+    compose_label_guidance,
+    guidance_branch_masks,
+)

@@ -282,8 +282,11 @@ def test_errors(lm_diffusers, unet):
 
 
 def test_docstring_examples(lm_diffusers):
-    result = doctest.testmod(lm_diffusers)
-    assert result.attempted > 0 and result.failed == 0
+    import label_merge._diffusers_guidance as guidance
+
+    for module in (lm_diffusers, guidance):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 # ---------------------------------------------------------------- the training example
@@ -614,3 +617,17 @@ def test_guided_pipeline_errors(lm_diffusers, sd_pipe):
         guided("a cat", sd_pipe.controlnet.pack(labels), num_inference_steps=1)
     with pytest.raises(TypeError, match="TLAMControlNetModel"):
         lm_diffusers.LabelGuidedPipeline(object())
+
+
+@pytest.mark.slow
+def test_label_guidance_benchmark_smoke(lm_diffusers, tmp_path):
+    from benchmarks.label_guidance import main
+
+    report = main(["--smoke", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results")])
+    assert report["settings"]["smoke"]
+    for suffix in (".json", ".md", ".png"):
+        assert (tmp_path / "results" / f"label_guidance_smoke{suffix}").is_file()
+    assert "SMOKE RUN" in (tmp_path / "results" / "label_guidance_smoke.md").read_text()
+    for name, curve in report["curves"].items():
+        assert [point["scale"] for point in curve["points"]] == [0.0, 2.0], name
+        assert curve["points"][1]["difference_to_0"]["scenes"] > 0
