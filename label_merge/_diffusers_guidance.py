@@ -308,7 +308,8 @@ class LabelGuidedPipeline:
             width: Image width (default: the labels').
             num_inference_steps: Denoising steps.
             guidance_scale: Classifier-free guidance scale ``w`` (no unconditional branch at 1 or below).
-            label_guidance: ``{label: scale}``, per-label guidance; zero scales cost nothing.
+            label_guidance: ``{label: scale}``, per-label guidance; zero scales, and labels not in
+                ``labels`` (there is nothing to drop), cost nothing and change nothing.
             negative_prompt: Text of the unconditional branch (it still has no labels).
             num_images_per_prompt: Images per prompt.
             controlnet_conditioning_scale: The ControlNet residuals' scale.

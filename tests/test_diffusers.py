@@ -556,18 +556,30 @@ def test_composition_formula():
         compose_label_guidance(uncond, cond, {}, guidance_scale=7.5, label_guidance={"normal": 1.0})
 
 
-def test_guided_pipeline_without_guidance_follows_the_stock_loop(lm_diffusers, sd_pipe):
-    # guidance_scale 1 and no label scales: one branch, the stock pipeline's own computation.
+@pytest.mark.parametrize(
+    "scheduler, prediction_type",
+    [("DDIMScheduler", "epsilon"), ("DDIMScheduler", "v_prediction"), ("EulerDiscreteScheduler", "epsilon")],
+)
+def test_guided_pipeline_without_guidance_follows_the_stock_loop(lm_diffusers, sd_pipe, scheduler, prediction_type):
+    # guidance_scale 1 and no label scales: one branch, the stock pipeline's own computation, for
+    # Stable Diffusion 1.x (epsilon) and 2.x (v-prediction) and a scheduler with a noise sigma.
+    import diffusers
+
     labels, masks = make_labels(B=1, H=IMAGE, W=IMAGE), make_masks(B=1, H=IMAGE, W=IMAGE)
     cond = sd_pipe.controlnet.pack(labels, masks)
-    stock = sd_pipe(
-        "a cat", image=cond, num_inference_steps=2, guidance_scale=1.0,
-        generator=torch.Generator().manual_seed(0), output_type="latent",
-    ).images  # fmt: skip
-    guided = lm_diffusers.LabelGuidedPipeline(sd_pipe)(
-        "a cat", labels, masks, num_inference_steps=2, guidance_scale=1.0,
-        generator=torch.Generator().manual_seed(0), output_type="latent",
-    ).images  # fmt: skip
+    original = sd_pipe.scheduler
+    sd_pipe.scheduler = getattr(diffusers, scheduler)(prediction_type=prediction_type)
+    try:
+        stock = sd_pipe(
+            "a cat", image=cond, num_inference_steps=2, guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).images  # fmt: skip
+        guided = lm_diffusers.LabelGuidedPipeline(sd_pipe)(
+            "a cat", labels, masks, num_inference_steps=2, guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).images  # fmt: skip
+    finally:
+        sd_pipe.scheduler = original
     assert torch.allclose(guided, stock, atol=1e-6)
 
 
