@@ -246,6 +246,7 @@ class LabelGuidedPipeline:
         )
         height, width = size
         projection = int(pooled.shape[-1]) if pipe.text_encoder_2 is None else pipe.text_encoder_2.config.projection_dim
+        # The pipeline's own (private) helper, so the ids match what its UNet was trained with.
         time_ids = pipe._get_add_time_ids(
             (height, width), (0, 0), (height, width), dtype=cond.dtype, text_encoder_projection_dim=projection
         ).to(device)  # (1, 6): original size, crop corner, target size
@@ -254,6 +255,7 @@ class LabelGuidedPipeline:
         return text, {"text_embeds": pooled, "time_ids": time_ids.repeat(pooled.shape[0], 1)}
 
     def _decode(self, latents: torch.Tensor, output_type: str):
+        """Latents to images as the SDXL pipeline decodes them (which covers Stable Diffusion's case)."""
         if output_type == "latent":
             return latents
         vae = self.pipeline.vae
