@@ -30,7 +30,16 @@ try:
     # diffusers saves and loads through ``safetensors.torch`` after only ``import safetensors``;
     # some versions (0.30) rely on another module having imported the submodule.
     import safetensors.torch  # noqa: F401
-    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    # diffusers' pipeline loader finds how to load a component by looking up its loading base
+    # classes (``ModelMixin``, ...) as attributes of the module that ``model_index.json`` records
+    # for the component's class: this one. Without this name here, ``from_pretrained`` of a saved
+    # pipeline cannot load a TLAMControlNetModel, nor check one passed as ``controlnet=``.
+    from diffusers import (
+        ControlNetModel,
+        ModelMixin,  # noqa: F401
+        UNet2DConditionModel,
+    )
     from diffusers.configuration_utils import register_to_config
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -41,9 +50,27 @@ from .blocks import TLAM
 from .label_dicts import CATEGORICAL_MODES, pack_labels, packed_channels, resize_labels, unpack_labels
 from .labels import LabelSpec, check_specs
 
-__all__ = ["TLAMConditioningEmbedding", "TLAMControlNetModel", "specs_to_config", "specs_from_config"]
+__all__ = [
+    "TLAMConditioningEmbedding",
+    "TLAMControlNetModel",
+    "CONFIG_NAME",
+    "LabelGuidedPipeline",
+    "LabelGuidedOutput",
+    "compose_label_guidance",
+    "guidance_branch_masks",
+    "specs_to_config",
+    "specs_from_config",
+]
 
 RESOLUTIONS = ("latent", "image")
+
+CONFIG_NAME = "label_merge_controlnet.json"
+"""The file a :class:`TLAMControlNetModel` keeps its config in, instead of ``config.json``.
+
+A stock ``ControlNetModel`` (and ``MultiControlNetModel``, which builds them) reads
+``config.json``; a TLAM folder has none, so every stock loader fails on it with "no file named
+config.json" instead of building a ``ControlNetModel`` that ignores the merger, whatever the sizes.
+"""
 
 
 def specs_to_config(specs: Mapping[str, LabelSpec]) -> list[dict[str, Any]]:
@@ -289,6 +316,8 @@ class TLAMControlNetModel(ControlNetModel):
         12
     """
 
+    config_name = CONFIG_NAME  # never config.json: see CONFIG_NAME
+
     @register_to_config
     def __init__(
         self,
@@ -502,4 +531,50 @@ class TLAMControlNetModel(ControlNetModel):
             controlnet_cond = self.pack(labels, masks)
         elif masks is not None:
             raise ValueError("masks are part of the packed controlnet_cond; pass masks only with labels=")
+        self.check_sizes(controlnet_cond.shape[-2:], sample.shape[-2:])
         return super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs)
+
+    def check_sizes(
+        self, label_size: tuple[int, int], latent_size: tuple[int, int], *, vae_scale_factor: int | None = None
+    ) -> None:
+        """Raise a clear error when labels of ``label_size`` cannot steer latents of ``latent_size``.
+
+        The condition encoder shrinks the labels by ``label_downscale_factor``; the result must be
+        the latents' size, or the ControlNet fails deep inside diffusers with a bare shape error.
+
+        Args:
+            label_size: ``(H, W)`` of the labels (the image resolution).
+            latent_size: ``(h, w)`` of the latents the UNet denoises.
+            vae_scale_factor: The pipeline's factor from images to latents, when it is known; it
+                is named in the error as the factor to build the ControlNet with.
+
+        Raises:
+            ValueError: The sizes do not fit, naming the label size, the factor and both latent sizes.
+        """
+        height, width = (int(s) for s in label_size)
+        factor = self.config.label_downscale_factor
+        expected = (height // factor, width // factor)
+        if height % factor == 0 and width % factor == 0 and expected == tuple(int(s) for s in latent_size):
+            return
+        if vae_scale_factor is None and latent_size[0] and height % latent_size[0] == 0:
+            vae_scale_factor = height // latent_size[0]
+        hint = (
+            f"; the pipeline's VAE shrinks images by {vae_scale_factor}, so build the ControlNet with "
+            f"label_downscale_factor={vae_scale_factor}"
+            if vae_scale_factor is not None and vae_scale_factor != factor
+            else ""
+        )
+        raise ValueError(
+            f"labels of {height}x{width} with label_downscale_factor={factor} give "
+            f"{height / factor:g}x{width / factor:g} latents, but the latents are "
+            f"{latent_size[0]}x{latent_size[1]}{hint}"
+        )
+
+
+# Label-aware guidance lives in its own file; it is part of this module's API.
+from ._diffusers_guidance import (  # noqa: E402
+    LabelGuidedOutput,
+    LabelGuidedPipeline,
+    compose_label_guidance,
+    guidance_branch_masks,
+)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,7 +202,7 @@ def test_save_and_load_restore_every_weight_bitwise(lm_diffusers, unet, resoluti
     with torch.no_grad():
         controlnet.merger.null_concept.normal_()  # a weight that starts at zero must round-trip too
     controlnet.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((tmp_path / lm_diffusers.CONFIG_NAME).read_text())
     assert [entry["name"] for entry in config["label_specs"]] == list(SPECS)  # token order kept
     semantic = config["label_specs"][0]
     assert (semantic["kind"], semantic["channels"], semantic["ignore_index"]) == ("categorical", 5, 0)
@@ -260,7 +262,7 @@ def test_errors(lm_diffusers, unet):
         controlnet(sample, t, text)
     with pytest.raises(ValueError, match="either"):
         controlnet(sample, t, text, pack_labels(SPECS, labels), labels=labels)
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="labels of 30x32 with label_downscale_factor=8 .* latents are 4x4"):
         controlnet(sample, t, text, labels=make_labels(H=30, W=32))
     with pytest.raises(ValueError, match="conditioning_channels"):
         make_controlnet(lm_diffusers, unet, conditioning_channels=3)
@@ -280,8 +282,11 @@ def test_errors(lm_diffusers, unet):
 
 
 def test_docstring_examples(lm_diffusers):
-    result = doctest.testmod(lm_diffusers)
-    assert result.attempted > 0 and result.failed == 0
+    import label_merge._diffusers_guidance as guidance
+
+    for module in (lm_diffusers, guidance):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 # ---------------------------------------------------------------- the training example
@@ -349,5 +354,292 @@ def test_training_example_reads_a_local_stable_diffusion_folder(lm_diffusers, tm
     )
     check_run(lm_diffusers, tmp_path / "run", metrics)
     # VAE factor 2: the latent-resolution merger saw 8x8 labels.
-    config = json.loads((tmp_path / "run" / "controlnet" / "config.json").read_text())
+    config = json.loads((tmp_path / "run" / "controlnet" / lm_diffusers.CONFIG_NAME).read_text())
     assert config["label_downscale_factor"] == 2 and config["in_channels"] == 4
+
+
+# ---------------------------------------------------------------- pipelines
+
+IMAGE = 16  # pipeline image size; the tiny VAE's factor is 2, so latents are 8x8
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(lm_diffusers, tmp_path_factory):
+    pytest.importorskip("transformers")
+    from diffusers_pipelines import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(lm_diffusers, tmp_path_factory):
+    pytest.importorskip("transformers")
+    from diffusers_pipelines import tiny_pipeline
+
+    return tiny_pipeline(tmp_path_factory.mktemp("sdxl"), sdxl=True)
+
+
+def stock_images(pipe, labels, masks, seed=0):
+    """The stock pipeline's images from packed labels (no label-aware guidance)."""
+    cond = pipe.controlnet.pack(labels, masks)
+    generator = torch.Generator().manual_seed(seed)
+    return pipe("a cat", image=cond, num_inference_steps=2, generator=generator, output_type="pt").images
+
+
+def test_pipeline_save_and_load_round_trip(lm_diffusers, sd_pipe, tmp_path):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    labels, masks = make_labels(B=1, H=IMAGE, W=IMAGE), make_masks(B=1, H=IMAGE, W=IMAGE)
+    before = stock_images(sd_pipe, labels, masks)
+    sd_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["controlnet"] == ["label_merge.diffusers", "TLAMControlNetModel"]
+
+    explicit = lm_diffusers.TLAMControlNetModel.from_pretrained(tmp_path / "controlnet")
+    for loaded in (
+        StableDiffusionControlNetPipeline.from_pretrained(tmp_path),
+        StableDiffusionControlNetPipeline.from_pretrained(tmp_path, controlnet=explicit),
+    ):
+        assert type(loaded.controlnet) is lm_diffusers.TLAMControlNetModel
+        saved, restored = sd_pipe.controlnet.state_dict(), loaded.controlnet.state_dict()
+        assert saved.keys() == restored.keys()
+        assert all(torch.equal(saved[key], restored[key]) for key in saved)
+        loaded.set_progress_bar_config(disable=True)
+        assert torch.equal(stock_images(loaded, labels, masks), before)  # same seed, same image
+
+    half = StableDiffusionControlNetPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert half.controlnet.merger.label_embed.dtype == torch.bfloat16
+    assert torch.equal(half.controlnet.merger.label_embed, sd_pipe.controlnet.merger.label_embed.bfloat16())
+
+
+def test_pipeline_loads_in_a_fresh_process(sd_pipe, tmp_path):
+    labels, masks = make_labels(B=1, H=IMAGE, W=IMAGE), make_masks(B=1, H=IMAGE, W=IMAGE)
+    sd_pipe.save_pretrained(tmp_path / "pipe")
+    torch.save(
+        {
+            "cond": sd_pipe.controlnet.pack(labels, masks),
+            "image": stock_images(sd_pipe, labels, masks),
+            "weights": sd_pipe.controlnet.state_dict(),
+        },
+        tmp_path / "expected.pt",
+    )
+    code = f"""
+import torch
+import label_merge.diffusers  # a saved pipeline names this module; diffusers never imports it itself
+from diffusers import StableDiffusionControlNetPipeline
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+pipe = StableDiffusionControlNetPipeline.from_pretrained({str(tmp_path / "pipe")!r})
+weights = pipe.controlnet.state_dict()
+assert weights.keys() == expected["weights"].keys()
+assert all(torch.equal(weights[k], v) for k, v in expected["weights"].items())
+image = pipe("a cat", image=expected["cond"], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+             output_type="pt").images
+assert torch.equal(image, expected["image"])
+print("ok")
+"""
+    root = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("merger_dim", [8, 256])  # 256 is the last stock conditioning width
+def test_a_tlam_folder_never_loads_as_a_stock_controlnet(lm_diffusers, unet, merger_dim, tmp_path):
+    from diffusers import ControlNetModel
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    controlnet = lm_diffusers.TLAMControlNetModel.from_unet(
+        unet, SPECS, merger_dim=merger_dim, merger_depth=1, merger_heads=1
+    )
+    controlnet.save_pretrained(tmp_path / "controlnet")
+    assert not (tmp_path / "controlnet" / "config.json").exists()
+    for load in (ControlNetModel.from_pretrained, MultiControlNetModel.from_pretrained):
+        with pytest.raises(OSError, match="config.json"):
+            load(str(tmp_path / "controlnet"))
+    loaded = lm_diffusers.TLAMControlNetModel.from_pretrained(tmp_path / "controlnet")
+    assert loaded.merger.out_channels == merger_dim
+
+
+def test_a_wrong_downscale_factor_names_the_sizes(lm_diffusers, sd_pipe, unet):
+    labels = make_labels(B=1, H=IMAGE, W=IMAGE)
+    wrong = lm_diffusers.TLAMControlNetModel.from_unet(unet, SPECS, merger_dim=12, merger_depth=1)  # factor 8
+    stock = sd_pipe.components | {"controlnet": wrong}
+    pipe = type(sd_pipe)(**stock)
+    pipe.set_progress_bar_config(disable=True)
+    message = r"labels of 16x16 with label_downscale_factor=8 give 2x2 latents, but the latents are 8x8.*=2"
+    with pytest.raises(ValueError, match=message):
+        pipe("a cat", image=wrong.pack(labels), num_inference_steps=1, output_type="latent")
+    with pytest.raises(ValueError, match=message):
+        lm_diffusers.LabelGuidedPipeline(pipe)("a cat", labels, num_inference_steps=1, output_type="latent")
+
+
+def spy_conditions(controlnet):
+    """Record the ``controlnet_cond`` of every ControlNet call; returns (calls, hook handle)."""
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(kwargs.get("controlnet_cond", args[3] if len(args) > 3 else None))
+
+    return calls, controlnet.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def presence_channels(specs):
+    """Indices of the presence channels in a packed tensor (each label's last channel)."""
+    from label_merge.label_dicts import packed_channels
+
+    ends, total = [], 0
+    for name in specs:
+        total += packed_channels({name: specs[name]})
+        ends.append(total - 1)
+    return ends
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_unconditional_branch_has_every_label_missing(lm_diffusers, which, request):
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    guided = lm_diffusers.LabelGuidedPipeline(pipe)
+    labels, masks = make_labels(B=1, H=IMAGE, W=IMAGE), make_masks(B=1, H=IMAGE, W=IMAGE)
+    calls, handle = spy_conditions(pipe.controlnet)
+    try:
+        guided("a cat", labels, masks, num_inference_steps=2, label_guidance={"depth": 2.0}, output_type="latent")
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # one batched call per step
+    presence = presence_channels(SPECS)
+    expected = pipe.controlnet.pack(labels, masks)
+    without_depth = pipe.controlnet.pack(labels, {**masks, "depth": torch.zeros_like(masks["depth"])})
+    for cond in calls:
+        assert cond.shape[0] == 3  # unconditional, conditional, without depth
+        assert not cond[0].any()  # no label anywhere: presence (and values) all zero
+        assert cond[1, presence].any()
+        assert torch.equal(cond[1:2], expected)
+        assert torch.equal(cond[2:3], without_depth)
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_zero_label_scales_are_exactly_plain_guidance(lm_diffusers, which, request):
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    guided = lm_diffusers.LabelGuidedPipeline(pipe)
+    labels, masks = make_labels(B=1, H=IMAGE, W=IMAGE), make_masks(B=1, H=IMAGE, W=IMAGE)
+
+    def run(label_guidance):
+        generator = torch.Generator().manual_seed(0)
+        return guided(
+            "a cat", labels, masks, num_inference_steps=2, generator=generator,
+            label_guidance=label_guidance, output_type="latent",
+        ).images  # fmt: skip
+
+    plain = run(None)
+    assert torch.equal(run({"depth": 0.0, "semantic": 0.0}), plain)
+    assert not torch.equal(run({"depth": 3.0}), plain)  # a non-zero scale does act
+
+
+def test_composition_formula():
+    from label_merge.diffusers import compose_label_guidance
+
+    g = torch.Generator().manual_seed(0)
+    uncond, cond, without = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    plain = uncond + 7.5 * (cond - uncond)
+    zero = compose_label_guidance(uncond, cond, {"depth": without}, guidance_scale=7.5, label_guidance={"depth": 0.0})
+    assert torch.equal(zero, plain)
+    two = compose_label_guidance(uncond, cond, {"depth": without}, guidance_scale=7.5, label_guidance={"depth": 2.0})
+    assert torch.allclose(two, plain + 2.0 * (cond - without))
+    assert torch.equal(compose_label_guidance(None, cond, {}, guidance_scale=1.0), cond)
+    with pytest.raises(ValueError, match="without 'normal'"):
+        compose_label_guidance(uncond, cond, {}, guidance_scale=7.5, label_guidance={"normal": 1.0})
+
+
+@pytest.mark.parametrize(
+    "scheduler, prediction_type",
+    [("DDIMScheduler", "epsilon"), ("DDIMScheduler", "v_prediction"), ("EulerDiscreteScheduler", "epsilon")],
+)
+def test_guided_pipeline_without_guidance_follows_the_stock_loop(lm_diffusers, sd_pipe, scheduler, prediction_type):
+    # guidance_scale 1 and no label scales: one branch, the stock pipeline's own computation, for
+    # Stable Diffusion 1.x (epsilon) and 2.x (v-prediction) and a scheduler with a noise sigma.
+    import diffusers
+
+    labels, masks = make_labels(B=1, H=IMAGE, W=IMAGE), make_masks(B=1, H=IMAGE, W=IMAGE)
+    cond = sd_pipe.controlnet.pack(labels, masks)
+    original = sd_pipe.scheduler
+    sd_pipe.scheduler = getattr(diffusers, scheduler)(prediction_type=prediction_type)
+    try:
+        stock = sd_pipe(
+            "a cat", image=cond, num_inference_steps=2, guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).images  # fmt: skip
+        guided = lm_diffusers.LabelGuidedPipeline(sd_pipe)(
+            "a cat", labels, masks, num_inference_steps=2, guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).images  # fmt: skip
+    finally:
+        sd_pipe.scheduler = original
+    assert torch.allclose(guided, stock, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl"])
+def test_guided_batching_matches_one_prompt_at_a_time(lm_diffusers, which, request):
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    guided = lm_diffusers.LabelGuidedPipeline(pipe)
+    labels, masks = make_labels(B=2, H=IMAGE, W=IMAGE), make_masks(B=2, H=IMAGE, W=IMAGE)
+    noise = torch.randn(4, 4, IMAGE // 2, IMAGE // 2, generator=torch.Generator().manual_seed(5))
+    options = {"num_inference_steps": 2, "label_guidance": {"normal": 1.5}, "output_type": "latent"}
+    together = guided(["a cat", "a dog"], labels, masks, num_images_per_prompt=2, latents=noise, **options).images
+    assert together.shape == (4, 4, IMAGE // 2, IMAGE // 2)
+    for i, prompt in enumerate(["a cat", "a dog"]):
+        one = {name: x[i : i + 1] for name, x in labels.items()}
+        one_masks = {name: m[i : i + 1] for name, m in masks.items()}
+        alone = guided(prompt, one, one_masks, num_images_per_prompt=2, latents=noise[2 * i : 2 * i + 2], **options)
+        assert torch.allclose(together[2 * i : 2 * i + 2], alone.images, atol=1e-5), prompt
+    pil = guided("a cat", {k: v[:1] for k, v in labels.items()}, num_inference_steps=1, num_images_per_prompt=3).images
+    assert len(pil) == 3 and pil[0].size == (IMAGE, IMAGE)
+
+
+def test_guided_pipeline_resizes_labels_mask_aware(lm_diffusers, sd_pipe):
+    from label_merge import resize_labels
+
+    labels, masks = make_labels(B=1, H=2 * IMAGE, W=2 * IMAGE), make_masks(B=1, H=2 * IMAGE, W=2 * IMAGE, p=0.5)
+    calls, handle = spy_conditions(sd_pipe.controlnet)
+    try:
+        lm_diffusers.LabelGuidedPipeline(sd_pipe)(
+            "a cat", labels, masks, height=IMAGE, width=IMAGE, num_inference_steps=1, output_type="latent"
+        )
+    finally:
+        handle.remove()
+    small, small_masks = resize_labels(SPECS, labels, masks, size=IMAGE)
+    assert torch.equal(calls[0][1:], sd_pipe.controlnet.pack(small, small_masks))
+
+
+def test_guided_pipeline_errors(lm_diffusers, sd_pipe):
+    guided = lm_diffusers.LabelGuidedPipeline(sd_pipe)
+    labels = make_labels(B=1, H=IMAGE, W=IMAGE)
+    with pytest.raises(ValueError, match="unknown labels \\['height'\\]"):
+        guided("a cat", labels, label_guidance={"height": 1.0}, num_inference_steps=1)
+    with pytest.raises(ValueError, match="multiples of the VAE's factor 2"):
+        guided("a cat", labels, height=15, num_inference_steps=1)
+    with pytest.raises(ValueError, match="batch size 3"):
+        guided(["a", "b"], make_labels(B=3, H=IMAGE, W=IMAGE), num_inference_steps=1)
+    with pytest.raises(TypeError, match="labels must be a non-empty dict"):
+        guided("a cat", sd_pipe.controlnet.pack(labels), num_inference_steps=1)
+    with pytest.raises(TypeError, match="TLAMControlNetModel"):
+        lm_diffusers.LabelGuidedPipeline(object())
+
+
+@pytest.mark.slow
+def test_label_guidance_benchmark_smoke(lm_diffusers, tmp_path):
+    from benchmarks.label_guidance import main
+
+    report = main(["--smoke", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results")])
+    assert report["settings"]["smoke"]
+    for suffix in (".json", ".md", ".png"):
+        assert (tmp_path / "results" / f"label_guidance_smoke{suffix}").is_file()
+    assert "SMOKE RUN" in (tmp_path / "results" / "label_guidance_smoke.md").read_text()
+    for name, curve in report["curves"].items():
+        assert [point["scale"] for point in curve["points"]] == [0.0, 2.0], name
+        assert curve["points"][1]["difference_to_0"]["scenes"] > 0

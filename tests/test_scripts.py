@@ -22,6 +22,7 @@ SCRIPTS = [
     "benchmarks/cuda_check.py",
     "benchmarks/kernel_resources.py",
     "benchmarks/label_balance.py",
+    "benchmarks/label_guidance.py",
     "benchmarks/merger_probe.py",
     "benchmarks/quality.py",
     "benchmarks/sensitivity.py",
