@@ -476,9 +476,12 @@ def test_identical_rows_are_mostly_undecided_and_intervals_cover_the_truth():
 
 def test_pairing_scenes_is_what_makes_small_differences_visible():
     rng = np.random.default_rng(2)
-    a, b = _paired_rows(rng, shift=0.3)
-    paired = compare(a, b, resamples=1000)
-    unpaired = compare(a, b[:, rng.permutation(60)], resamples=1000)  # scenes no longer matched
+    difficulty = rng.normal(size=60) * 2  # shared: both rows see the same scenes
+    seed_effect = 0.3 * rng.normal(size=(5, 1))  # shared: seed i of both rows saw the same batches
+    a = difficulty + seed_effect + 0.3 + 0.5 * rng.normal(size=(5, 60))
+    b = difficulty + seed_effect + 0.5 * rng.normal(size=(5, 60))
+    paired = compare(a, b, paired_seeds=True, resamples=1000)
+    unpaired = compare(a, b[:, rng.permutation(60)], paired_seeds=True, resamples=1000)  # scenes no longer matched
     assert (paired.high - paired.low) < 0.5 * (unpaired.high - unpaired.low)
 
 
@@ -712,3 +715,15 @@ def test_segmenter_cache_key_follows_the_renderer(monkeypatch):
     before = cached_segmenter_path("/tmp/c", DataConfig(resolution=32), SegmenterRecipe())
     monkeypatch.setattr(SyntheticDataset, "_settings_key", lambda self: "renderer-changed")
     assert cached_segmenter_path("/tmp/c", DataConfig(resolution=32), SegmenterRecipe()) != before
+
+
+def test_two_seeds_cannot_decide_what_the_test_over_seeds_doubts():
+    # Two seeds whose per-seed differences disagree in size: the percentile bootstrap alone
+    # would exclude zero (it can only draw three seed means), the t-interval does not.
+    rng = np.random.default_rng(5)
+    scenes = rng.normal(size=200)
+    a = scenes + np.array([[0.02], [0.2]]) + 0.01 * rng.normal(size=(2, 200))
+    b = scenes + 0.01 * rng.normal(size=(2, 200))
+    result = compare(a, b, paired_seeds=True, resamples=2000)
+    assert result.p_value > 0.05
+    assert result.low < 0 < result.high and verdict(result, higher_is_better=True) == UNDECIDED

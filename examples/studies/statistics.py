@@ -20,6 +20,12 @@ the seeds (``paired_seeds=True``: seed ``i`` of A resampled together with seed `
 paired t-test) removes that shared variance; it is valid because the pairing is fixed by the
 design before any run, and it gives tighter intervals than resampling each row's seeds on its own.
 
+*Few seeds.* A percentile bootstrap over a handful of seeds is too narrow: with two seeds it
+can only draw three seed means, and an interval that excludes zero can sit beside a t-test over
+the same seeds with p = 0.25. So every interval here is the wider of the two-level bootstrap
+interval (which also carries the scenes' sampling) and the t-interval over the per-seed means
+(paired differences, or Welch's), whose Student quantile pays for every missing seed.
+
 A claim gets a verdict only when the 95% interval of the difference excludes zero; otherwise it
 is "undecided at this budget".
 """
@@ -101,8 +107,36 @@ def bootstrap_mean(values, *, resamples: int = RESAMPLES, seed: int = 0) -> dict
         return {"mean": mean, "low": None, "high": None, "seeds": 1, "scenes": 1}
     rng = np.random.default_rng(seed)
     means = _resampled_means(matrix, _weights(rng, seeds, resamples), _weights(rng, scenes, resamples))
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": mean, "low": float(low), "high": float(high), "seeds": seeds, "scenes": scenes}
+    low, high = _widest(np.percentile(means, [2.5, 97.5]), _t_interval(matrix.mean(axis=1)))
+    return {"mean": mean, "low": low, "high": high, "seeds": seeds, "scenes": scenes}
+
+
+def _t_interval(values: np.ndarray) -> tuple[float, float] | None:
+    """Student's 95% interval of the mean of ``values (S,)`` (per-seed means or paired differences)."""
+    if len(values) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def _welch_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
+    """Welch's 95% interval of ``mean(a) - mean(b)`` for independent per-seed means ``(S_a,)``, ``(S_b,)``."""
+    if min(len(a), len(b)) < 2:
+        return None
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return float(a.mean() - b.mean()), float(a.mean() - b.mean())
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    return float(a.mean() - b.mean() - half), float(a.mean() - b.mean() + half)
+
+
+def _widest(bootstrap, t_interval) -> tuple[float, float]:
+    """The union of the bootstrap interval and the t-interval over seeds (None: bootstrap alone)."""
+    low, high = (float(x) for x in bootstrap)
+    if t_interval is None:
+        return low, high
+    return min(low, t_interval[0]), max(high, t_interval[1])
 
 
 @dataclass(frozen=True)
@@ -111,7 +145,8 @@ class Comparison:
 
     Attributes:
         difference: Difference of the means (over seeds and scenes).
-        low, high: Its bootstrap 95% interval (None when neither level can be resampled).
+        low, high: Its 95% interval: the wider of the two-level bootstrap interval and the
+            t-interval over seeds (None when neither level can be resampled).
         p_value: Two-sided p-value of the test named by ``test``, over the per-seed means (None
             when it cannot be run: fewer than two seeds, or no spread to test against).
         test: ``"paired t over seeds"`` (rows sharing their seeds) or ``"welch t over seeds"``.
@@ -179,7 +214,9 @@ def compare(a, b, *, paired_seeds: bool = False, resamples: int = RESAMPLES, see
         seeds_a = _weights(rng, a.shape[0], resamples)  # (R, S_a)
         seeds_b = seeds_a if paired_seeds else _weights(rng, b.shape[0], resamples)  # (R, S_b)
         differences = _resampled_means(a, seeds_a, scene_weights) - _resampled_means(b, seeds_b, scene_weights)
-        low, high = (float(x) for x in np.percentile(differences, [2.5, 97.5]))
+        seed_a, seed_b = a.mean(axis=1), b.mean(axis=1)  # (S_a,), (S_b,)
+        over_seeds = _t_interval(seed_a - seed_b) if paired_seeds else _welch_interval(seed_a, seed_b)
+        low, high = _widest(np.percentile(differences, [2.5, 97.5]), over_seeds)
     p_value = _seed_p_value(a.mean(axis=1), b.mean(axis=1), paired=paired_seeds)
     return Comparison(difference, low, high, p_value, test, scenes, a.shape[0], b.shape[0])
 
