@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU where there is one)")
     p.add_argument("--estimator", help="a label estimator file (default: the cached one for the run's scenes)")
     p.add_argument("--cache-dir", help="where cached label estimators live")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch: one keeps edits fast on a busy machine (two threads wait for each other)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     return p
@@ -41,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from examples.studies.environment import configure_cpu
     from examples.studio_session import StudioSession
 
     try:
+        configure_cpu(args.threads)
         session = StudioSession(args.checkpoint, device=args.device, estimator=args.estimator, cache_dir=args.cache_dir)
     except (FileNotFoundError, ValueError, CheckpointError) as err:
         raise SystemExit(f"studio.py: {err}") from None

@@ -64,11 +64,14 @@ def studio_url(tmp_path):
     app = build_app(session)
     app.queue(default_concurrency_limit=1)
     port = free_port()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as examples/studio.py does: two threads crawl on a busy machine
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}", session
     finally:
         app.close()
+        torch.set_num_threads(threads)
 
 
 def test_a_stroke_erases_depth_in_the_browser_and_the_image_follows(studio_url):
