@@ -10,7 +10,7 @@ rests on the floor under the chosen pixel, and it is hidden wherever the scene's
 is nearer (so it can stand behind a table).
 
 Synthetic scenes know their camera (``intrinsics`` and ``camera_to_world``). A label file does
-not; :data:`DEFAULT_CAMERA` (the middle of the synthetic scenes' camera ranges) stands in, and
+not; :func:`default_camera` (the middle of the synthetic scenes' camera ranges) stands in, and
 the floor is assumed where the synthetic scenes have it, at z = 0.
 """
 
@@ -27,7 +27,7 @@ from examples.datasets.procedural.edges import edge_components
 
 from .label_edits import Labels, Masks, _copy, _size
 
-__all__ = ["PRIMITIVES", "CameraPose", "DEFAULT_CAMERA", "insert_primitive"]
+__all__ = ["PRIMITIVES", "CameraPose", "default_camera", "insert_primitive"]
 
 PRIMITIVES = ("sphere", "box", "cylinder")
 
@@ -62,7 +62,7 @@ class CameraPose:
         return cls(k, pose)
 
 
-def DEFAULT_CAMERA(size: tuple[int, int]) -> CameraPose:  # noqa: N802 (a constant that depends on the size)
+def default_camera(size: tuple[int, int]) -> CameraPose:
     """The camera assumed for scenes that do not record theirs (the synthetic scenes' middle ranges)."""
     return CameraPose.looking(size, height=1.45, pitch_deg=15.0, hfov_deg=65.0)
 
@@ -113,7 +113,7 @@ def insert_primitive(
         kind: ``"sphere"``, ``"box"`` or ``"cylinder"``.
         point: The pixel whose floor point the object stands on.
         size: Width of the object in metres (a cylinder is 1.2 times as tall).
-        camera: The scene's camera; None for :data:`DEFAULT_CAMERA`.
+        camera: The scene's camera; None for :func:`default_camera`.
 
     Returns:
         ``(labels, masks, visible)``: the edited scene and the object's visible pixels ``(H, W)``.
@@ -131,7 +131,7 @@ def insert_primitive(
     row, col = point
     if not (0 <= row < H and 0 <= col < W):
         raise ValueError(f"point {point} lies outside the {H}x{W} image")
-    camera = camera if camera is not None else DEFAULT_CAMERA((H, W))
+    camera = camera if camera is not None else default_camera((H, W))
     origin, directions, rotation = _rays(camera, (H, W))
 
     ray = directions[:, row * W + col]  # (3,)

@@ -43,6 +43,7 @@ __all__ = [
     "POINT_TOOLS",
     "TOOLS",
     "DEFAULT_RUN",
+    "HATCH_GREYS",
     "Rendering",
     "StudioSession",
     "resolve_checkpoint",
@@ -54,6 +55,8 @@ BRUSH_TOOLS = ("erase", "restore", "paint class", "push depth", "pull depth")
 POINT_TOOLS = ("remove object", *(f"insert {kind}" for kind in PRIMITIVES))
 TOOLS = BRUSH_TOOLS + POINT_TOOLS
 HATCH_PERIOD = 6  # display pixels per stripe pair of the missing-pixel hatching
+# The two greys of the hatching (8-bit), around the grey that the sample grids give missing pixels.
+HATCH_GREYS = (round(255 * (MISSING + 0.2)), round(255 * MISSING))
 
 
 def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
@@ -154,14 +157,14 @@ def _to_uint8(rgb: torch.Tensor, scale: int) -> np.ndarray:
 def hatch_missing(picture: np.ndarray, present: torch.Tensor, scale: int) -> np.ndarray:
     """Draw diagonal grey stripes over the missing pixels of an upscaled picture.
 
-    The stripes alternate two greys around :data:`examples.label_images.MISSING`, so a missing
-    pixel can never be mistaken for a dark value of the label.
+    The stripes alternate the two :data:`HATCH_GREYS`, so a missing pixel can never be mistaken
+    for a flat value of the label.
     """
     H, W = present.shape
     missing = np.repeat(np.repeat(~present.numpy(), scale, axis=0), scale, axis=1)  # (H*s, W*s)
     rows, cols = np.mgrid[0 : H * scale, 0 : W * scale]
     light = ((rows + cols) // (HATCH_PERIOD // 2)) % 2 == 0
-    grey = np.where(light, round(255 * (MISSING + 0.2)), round(255 * MISSING)).astype(np.uint8)
+    grey = np.where(light, HATCH_GREYS[0], HATCH_GREYS[1]).astype(np.uint8)
     out = picture.copy()
     out[missing] = grey[missing][:, None]
     return out

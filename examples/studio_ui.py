@@ -75,7 +75,7 @@ def build_app(session: StudioSession) -> gr.Blocks:
                     )
                     load = gr.Button("Load", elem_id=ELEMENT_IDS["load"], min_width=60)
                     randomise = gr.Button("Random", min_width=60)
-                label_file = gr.File(label="or a label file (.npz)", file_types=[".npz"], type="filepath", height=90)
+                label_file = gr.File(label="or a label file (.npz)", file_types=[".npz"], type="filepath", height=120)
                 tool = gr.Radio(
                     list(TOOLS), value=TOOLS[0], label="tool (click a label panel)", elem_id=ELEMENT_IDS["tool"]
                 )

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["StrokeResult", "chromium_path", "erase_depth_stroke", "HATCH_GREYS"]
+from examples.studio_session import HATCH_GREYS
+
+__all__ = ["StrokeResult", "chromium_path", "erase_depth_stroke"]
 
 TIMEOUT_MS = 60_000
 
@@ -27,13 +29,6 @@ def chromium_path() -> str | None:
         if found:
             return found
     return None
-
-
-def HATCH_GREYS() -> set[int]:  # noqa: N802 (mirrors the studio's constants)
-    """The two grey levels of the missing-pixel hatching."""
-    from examples.label_images import MISSING
-
-    return {round(255 * (MISSING + 0.2)), round(255 * MISSING)}
 
 
 @dataclass
@@ -115,7 +110,7 @@ def erase_depth_stroke(url: str, *, scale: int, screenshot: str | None = None) -
     from playwright.sync_api import sync_playwright
 
     started = time.perf_counter()
-    greys = HATCH_GREYS()
+    greys = set(HATCH_GREYS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         try:

@@ -16,11 +16,11 @@ import socket
 import numpy as np
 import pytest
 import torch
-from studio_browser import HATCH_GREYS, chromium_path, erase_depth_stroke
+from studio_browser import chromium_path, erase_depth_stroke
 from test_studio import train_tiny
 
 from examples.metrics.estimator import LabelEstimator, save_label_estimator
-from examples.studio_session import StudioSession
+from examples.studio_session import HATCH_GREYS, StudioSession
 
 
 def _absent() -> str | None:
@@ -77,7 +77,7 @@ def studio_url(tmp_path):
 def test_a_stroke_erases_depth_in_the_browser_and_the_image_follows(studio_url):
     url, session = studio_url
     result = erase_depth_stroke(url, scale=session.scale, screenshot=os.environ.get("LABEL_MERGE_STUDIO_SCREENSHOT"))
-    s, greys = result.scale, HATCH_GREYS()
+    s, greys = result.scale, set(HATCH_GREYS)
     for row, col in result.stroke:
         before = result.depth_before[row * s : (row + 1) * s, col * s : (col + 1) * s, 0]
         after = result.depth_after[row * s : (row + 1) * s, col * s : (col + 1) * s, 0]
