@@ -88,7 +88,7 @@ def _place(kind: str, foot: np.ndarray, size: float):
     if kind == "box":
         half = np.array([r, r, r])
         return Box(foot + np.array([0.0, 0.0, r]), half, yaw=np.pi / 6)  # turned, so two faces show
-    return Cylinder(foot, np.array([0.0, 0.0, 1.0]), r * 0.7, size * 1.2)
+    return Cylinder(foot, np.array([0.0, 0.0, 1.0]), r, size * 1.2)
 
 
 def insert_primitive(
