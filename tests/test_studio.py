@@ -11,15 +11,39 @@ from examples.label_files import load_label_file
 from examples.metrics.estimator import LabelEstimator, save_label_estimator
 from examples.studio import main as studio_main
 from examples.studio_session import TOOLS, StudioSession, hatch_missing, resolve_checkpoint
-from examples.training.loop import Trainer
+from examples.training.builders import build_datasets, build_networks, label_specs_of, specs_to_dict
+from examples.training.checkpoint import save_checkpoint
 
 
 def train_tiny(folder, **model):
-    """A one-step run of a tiny model: enough for a checkpoint the studio can open."""
+    """A run folder with one checkpoint of a tiny, untrained model, written as training writes it.
+
+    The networks come from the training script's builders and the checkpoint from its writer,
+    so the studio opens it exactly as it opens a trained run; no training step is needed for
+    the image to respond to the labels.
+    """
     config = tiny_config(folder)
-    config = replace(config, model=replace(config.model, **model), train=replace(config.train, steps=1))
-    Trainer(config, progress=False).train()
+    config = replace(config, model=replace(config.model, **model))
+    train, _ = build_datasets(config.data, seed=config.train.seed)
+    specs = label_specs_of(train)
+    generator, discriminator = build_networks(config, specs)
+    save_checkpoint(
+        folder / "run" / "checkpoints",
+        0,
+        modules={"generator": generator, "discriminator": discriminator},
+        optimizers={},
+        config={**config.to_dict(), "label_specs": specs_to_dict(specs)},
+    )
     return folder / "run"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As examples/studio.py does: two threads crawl on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
