@@ -12,13 +12,17 @@ the server process, and Gradio's queue runs one edit at a time.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
-import gradio as gr
-import numpy as np
+# A local tool does not report usage or check for updates over the network (read at import).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from examples.studio_session import TOOLS, Rendering, StudioSession
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from examples.studio_session import TOOLS, Rendering, StudioSession  # noqa: E402
 
 __all__ = ["build_app", "ELEMENT_IDS"]
 
