@@ -1,8 +1,8 @@
 """Drive the studio page in headless Chromium: load a scene, erase depth under a stroke, read the panels back.
 
-Shared by the end-to-end test and by ``docs/scripts/studio_screenshot.py`` (which takes the
-documentation's screenshot through the very same steps). Uses the system's Chromium
-(``apt-get install chromium``) through Playwright; Playwright's own browser download is never used.
+Used by ``tests/test_studio_browser.py``, which also takes the documentation's screenshot with
+it (``LABEL_MERGE_STUDIO_SCREENSHOT``). Uses the system's Chromium (``apt-get install
+chromium``) through Playwright; Playwright's own browser download is never used.
 """
 
 from __future__ import annotations
