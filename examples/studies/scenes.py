@@ -20,7 +20,7 @@ __all__ = ["Scene", "held_out_scene", "label_file_scene", "load_mask_file"]
 
 
 class Scene(dict):
-    """One unbatched scene: ``labels``, ``masks`` (every label), and when known ``image``, ``regions``, ``source``."""
+    """One unbatched scene: ``labels``, ``masks`` (all labels), ``source``; ``image``, ``regions``, ``meta`` or None."""
 
 
 def held_out_scene(config: RunConfig, index: int, *, data_root: str | None = None) -> Scene:
@@ -47,6 +47,7 @@ def held_out_scene(config: RunConfig, index: int, *, data_root: str | None = Non
         masks=masks,
         image=sample["image"],
         regions=sample.get("regions"),
+        meta=sample.get("meta"),
         source=f"held-out {data.dataset} scene {index}",
     )
 
@@ -59,7 +60,7 @@ def label_file_scene(path: str | os.PathLike, specs: Mapping[str, LabelSpec]) ->
     """
     labels, masks = load_label_file(path, specs)
     masks = {name: masks.get(name, torch.ones(value.shape[-2:], dtype=torch.bool)) for name, value in labels.items()}
-    return Scene(labels=labels, masks=masks, image=None, regions=None, source=str(path))
+    return Scene(labels=labels, masks=masks, image=None, regions=None, meta=None, source=str(path))
 
 
 def load_mask_file(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
