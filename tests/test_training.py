@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -151,6 +152,10 @@ def test_run_writes_samples_checkpoints_and_logs(tmp_path):
     Trainer(config, progress=False).train()
     out = Path(config.train.out)
     assert (out / "samples" / "step_00000002.png").is_file()
+    grid = Image.open(out / "samples" / "step_00000002.png")
+    labels = ["semantic", "depth", "normal", "edge", "curvature"]
+    assert grid.info["columns"].split(", ") == [*labels, "concept (PCA)", "generated", "real"]
+    assert json.loads(grid.info["layout"])["heading"] > 0  # the titles are drawn above the columns
     assert (out / "checkpoints" / "step_00000002.safetensors").is_file()
     assert (out / "config.json").is_file() and (out / "metrics.jsonl").is_file()
     assert any((out / "tensorboard").iterdir())
