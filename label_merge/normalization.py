@@ -16,7 +16,7 @@ from torch import nn
 
 from .labels import LabelSpec, PixelLabel
 
-__all__ = ["LabelNormalization", "NormalizationLoadHints"]
+__all__ = ["LabelNormalization", "NormalizationLoadHints", "normalization_load_hints"]
 
 
 def _buffer_values(spec: LabelSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,12 +132,25 @@ class LabelNormalization(nn.Module):
         return f"labels={self.names}"
 
 
+def normalization_load_hints(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Why ``state_dict`` lacks (or has unexpected) normalisation buffers for any merger in ``model``.
+
+    For code that loads a model holding mergers and wants a clearer error than torch's list of
+    keys (``merger.normalize.shift_<name>``). Empty when the normalisation buffers match.
+    """
+    hints = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, LabelNormalization):
+            hints.extend(module.mismatch_hints(state_dict, f"{prefix}." if prefix else ""))
+    return hints
+
+
 class NormalizationLoadHints:
     """Mixin for a merger with a ``normalize`` :class:`LabelNormalization`: a strict
     ``load_state_dict`` that fails on normalisation keys says why (torch lists only the keys).
 
-    The hint is added where the merger itself is loaded; a model that holds a merger gets torch's
-    list of keys (``merger.normalize.shift_<name>``) alone.
+    The hint is added where the merger itself is loaded; code that loads a model holding a
+    merger can add it with :func:`normalization_load_hints`.
     """
 
     normalize: LabelNormalization
@@ -146,7 +159,7 @@ class NormalizationLoadHints:
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except RuntimeError as error:
-            hints = self.normalize.mismatch_hints(state_dict, "normalize.")
+            hints = normalization_load_hints(self, state_dict)
             if not hints:
                 raise
             raise RuntimeError("\n\t".join([str(error), *hints])) from None

@@ -245,3 +245,15 @@ def test_specs_show_the_loaded_normalisation(strict):
     # A loaded identity (shift 0, scale 1) reads as no shift or scale.
     target.load_state_dict({**source.state_dict(), "normalize.shift_depth": torch.zeros(1)}, strict=strict)
     assert target.specs["depth"] == LabelSpec.continuous(1, scale=SCALE["depth"])
+
+
+def test_a_model_holding_a_merger_can_ask_why_its_normalisation_does_not_load():
+    from torch import nn
+
+    from label_merge.normalization import normalization_load_hints
+
+    model = nn.ModuleDict({"merger": twin(TLAM, normalised_specs(), depth=1, heads=3, backend="torch")})
+    old = {f"merger.{k}": v for k, v in twin(TLAM, SPECS, depth=1, heads=3, backend="torch").state_dict().items()}
+    (hint,) = normalization_load_hints(model, old)
+    assert "no normalisation for label(s) ['depth', 'normal', 'curvature'] (merger.normalize.shift_<name>" in hint
+    assert normalization_load_hints(model, model.state_dict()) == []
