@@ -237,14 +237,16 @@ def _window_sums(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Exact integer sums of ``x`` ``(B, C, H, W)`` (bool or int) over each output pixel's
     window, ``(B, C, h, w)`` int64, read from a summed-area table."""
     (H, W), (h, w) = x.shape[2:], size
-    table = F.pad(x.long().cumsum(2).cumsum(3), (1, 0, 1, 0))  # (B, C, H + 1, W + 1): table[i, j] = x[:i, :j].sum()
+    count_dtype = torch.int32 if H * W < 2**31 else torch.int64  # a window holds at most H * W pixels
+    table = x.cumsum(2, dtype=count_dtype).cumsum(3, dtype=count_dtype)  # (B, C, H, W): sums of x[:i+1, :j+1]
+    table = F.pad(table, (1, 0, 1, 0))  # (B, C, H + 1, W + 1): table[i, j] = x[:i, :j].sum()
     top, bottom = _window_bounds(H, h, x.device)
     left, right = _window_bounds(W, w, x.device)
 
     def corner(rows, cols):
         return table[:, :, rows][:, :, :, cols]  # (B, C, h, w)
 
-    return corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+    return (corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)).long()
 
 
 def _window_areas(source: tuple[int, int], size: tuple[int, int], device) -> torch.Tensor:
@@ -284,7 +286,7 @@ def _resize_majority(ids, present, num_classes, size):
     """Per output pixel, the class held by most present source pixels (lowest id on ties),
     ``(B, h, w)``, and the present pixels per window, ``(B, h, w)`` int64."""
     one_hot = F.one_hot(torch.where(present, ids, 0), num_classes)  # (B, H, W, K)
-    one_hot = one_hot.permute(0, 3, 1, 2) & present.unsqueeze(1)  # (B, K, H, W), zero where missing
+    one_hot = one_hot.permute(0, 3, 1, 2).bool() & present.unsqueeze(1)  # (B, K, H, W), False where missing
     votes = _window_sums(one_hot, size)  # (B, K, h, w), exact counts
     return votes.argmax(dim=1), votes.sum(dim=1)  # argmax takes the first (lowest) id on a tie
 
