@@ -46,7 +46,7 @@ from examples.metrics import (  # noqa: E402
 )
 from examples.studies.budgets import BUDGETS, resolve_budget  # noqa: E402
 from examples.studies.conditions import LabelCondition  # noqa: E402
-from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402
+from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402, E501
 from examples.studies.scoring import build_scorer, evaluate_generator, evaluation_loader, fid_weights_from  # noqa: E402
 from examples.studies.segmenters import SegmenterRecipe, file_digest, obtain_segmenter  # noqa: E402
 from examples.training.builders import build_datasets, image_size, label_specs_of, restore_generator  # noqa: E402

@@ -2,24 +2,27 @@
 
 Used for the training sample grids and by the generation, editing and visualisation scripts.
 Every function takes batched tensors and returns float RGB ``(B, 3, H, W)`` in [0, 1]; missing
-pixels are drawn dark grey so that sparsity is visible.
+pixels are drawn dark grey so that sparsity is visible. Grids carry a heading above each column.
 """
 
 from __future__ import annotations
 
 import colorsys
+import json
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from label_merge import LabelSpec
 
 __all__ = ["class_palette", "label_to_rgb", "image_to_rgb", "save_grid"]
 
 MISSING = 0.15  # grey level of missing pixels
+HEADING_SIZE = 11  # points of a grid's column headings
+MIN_CELL_WIDTH = 64  # pixels: room for a heading such as "generated" at HEADING_SIZE
 
 
 def class_palette(num_classes: int) -> torch.Tensor:
@@ -89,6 +92,52 @@ def image_to_rgb(image: torch.Tensor) -> torch.Tensor:
     return ((image.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
 
+def _font(size: int) -> ImageFont.ImageFont:
+    # Pillow's own font (Aileron where FreeType is available): nothing to install or find on disk.
+    return ImageFont.load_default(size=size)
+
+
+def _text_width(font: ImageFont.ImageFont, text: str) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return right - left
+
+
+def _heading_font(titles: Sequence[str], width: int) -> ImageFont.ImageFont:
+    """The largest font, from HEADING_SIZE down to 6 points, in which every word of every title fits ``width``."""
+    words = [word for title in titles for word in title.split()]
+    for size in range(HEADING_SIZE, 5, -1):
+        font = _font(size)
+        if all(_text_width(font, word) <= width for word in words):
+            return font
+    return font  # still too wide at 6 points: the longest words overrun their column
+
+
+def _wrap(title: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """``title`` as lines no wider than ``width``, broken between words."""
+    lines: list[str] = []
+    for word in title.split():
+        if lines and _text_width(font, f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _draw_headings(image: Image.Image, titles: Sequence[str], cell_width: int, pad: int, font, line_height: int):
+    """Each title, wrapped and centred, above its column."""
+    draw = ImageDraw.Draw(image)
+    for j, title in enumerate(titles):
+        left = pad + j * (cell_width + pad)
+        for k, line in enumerate(_wrap(title, font, cell_width)):
+            x = left + (cell_width - _text_width(font, line)) / 2
+            draw.text((x, pad + k * line_height), line, fill=(0, 0, 0), font=font)
+
+
+def _enlarged(rgb: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(B, 3, H, W)`` with every pixel repeated ``factor`` times along both axes (nearest)."""
+    return rgb.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+
+
 def save_grid(
     path: str | os.PathLike,
     columns: Sequence[tuple[str, torch.Tensor]],
@@ -97,8 +146,11 @@ def save_grid(
 ) -> None:
     """Save a grid with one row per image and one column per titled ``(B, 3, H, W)`` tensor.
 
-    The titles are written into the PNG's metadata (``columns``), so the picture itself stays
-    free of text rendering.
+    Each column's title is written above it (wrapped between words, in a smaller font when a
+    word is wider than the column), and stored in the PNG's metadata (``columns``, comma
+    separated, and ``layout``: rows, cell size, padding and heading height as JSON). Columns
+    narrower than 64 pixels are enlarged by a whole factor (nearest) so that their headings
+    stay legible.
 
     Args:
         path: Output PNG path (written to a temporary name, then renamed).
@@ -111,20 +163,29 @@ def save_grid(
     for title, rgb in columns:
         if tuple(rgb.shape) != (B, 3, H, W):
             raise ValueError(f"column {title!r} has shape {tuple(rgb.shape)}, expected {(B, 3, H, W)}")
+    factor = -(-MIN_CELL_WIDTH // W) if W < MIN_CELL_WIDTH else 1
+    columns = [(title, _enlarged(rgb.detach().float().cpu(), factor)) for title, rgb in columns]
+    H, W = H * factor, W * factor
+    titles = [title for title, _ in columns]
+    font = _heading_font(titles, W)
+    line_height = font.getbbox("Ag")[3] + 2
+    heading = pad + max(len(_wrap(title, font, W)) for title in titles) * line_height
     n = len(columns)
-    canvas = torch.ones(3, B * (H + pad) + pad, n * (W + pad) + pad)
+    canvas = torch.ones(3, heading + B * (H + pad) + pad, n * (W + pad) + pad)  # (3, height, width)
     for j, (_, rgb) in enumerate(columns):
         for i in range(B):
-            top, left = pad + i * (H + pad), pad + j * (W + pad)
-            canvas[:, top : top + H, left : left + W] = rgb[i].detach().float().cpu()
-    array = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    from PIL import PngImagePlugin
-
+            top, left = heading + pad + i * (H + pad), pad + j * (W + pad)
+            canvas[:, top : top + H, left : left + W] = rgb[i]
+    array = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (height, width, 3)
+    image = Image.fromarray(array)
+    _draw_headings(image, titles, W, pad, font, line_height)
     info = PngImagePlugin.PngInfo()
-    info.add_text("columns", ", ".join(title for title, _ in columns))
+    info.add_text("columns", ", ".join(titles))
+    # Where the cells are, for whoever reads the grid back.
+    info.add_text("layout", json.dumps({"rows": B, "cell": [H, W], "pad": pad, "heading": heading}))
     path = os.fspath(path)
     temporary = f"{path}.{os.getpid()}.tmp"
-    Image.fromarray(array).save(temporary, format="PNG", pnginfo=info)
+    image.save(temporary, format="PNG", pnginfo=info)
     os.replace(temporary, path)
 
 

@@ -36,7 +36,7 @@ from examples.metrics.controllability import (  # noqa: E402
     shuffle_within_regions,
 )
 from examples.metrics.estimator_training import EstimatorRecipe, obtain_label_estimator  # noqa: E402
-from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402
+from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402, E501
 from examples.studies.segmenters import file_digest  # noqa: E402
 from examples.training.builders import HELD_OUT_SEED_OFFSET  # noqa: E402
 

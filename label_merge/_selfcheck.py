@@ -25,9 +25,9 @@ import torch
 
 import label_merge
 from label_merge import TLAM, LabelSpec
-from label_merge.backend import ENV_VAR, triton_unavailable_reasons
+from label_merge.backend import ENV_VAR, resolve_backend, triton_unavailable_reasons
 
-__all__ = ["main", "parity_check", "fused_path_reasons", "ParityResult"]
+__all__ = ["main", "parity_check", "fused_path_reasons", "auto_choices", "ParityResult"]
 
 # The paper's merger (Sec. 4.2): five labels, dim 96, 3 blocks of 3 heads, MLP ratio 4.
 PAPER_SPECS = {
@@ -38,8 +38,10 @@ PAPER_SPECS = {
     "curvature": LabelSpec.continuous(2),
 }
 PAPER_SIZES = {"dim": 96, "depth": 3, "heads": 3, "mlp_ratio": 4.0}
-# The interpreter runs the same kernels at smaller widths: the paper's sizes take it several times longer.
-INTERPRETER_SIZES = {"dim": 32, "depth": 2, "heads": 2, "mlp_ratio": 2.0}
+# The interpreter runs the same kernels at smaller sizes: the paper's take it several times longer.
+# One block runs every kernel (forward, MLP backward, attention backward); a second block would
+# run them again and add half a second of CPU time (the chaining of blocks is in the tests).
+INTERPRETER_SIZES = {"dim": 32, "depth": 1, "heads": 2, "mlp_ratio": 2.0}
 CHECK_BATCH, CHECK_SIZE = 1, 4  # 16 pixels: one kernel tile, seconds in the interpreter
 # Float32 parity: the fused error against float64 may be twice the reference's, or this much.
 FLOAT32_TOLERANCE = 1e-5
@@ -193,23 +195,82 @@ def fused_path_reasons(device: torch.device) -> dict[str, list[str]]:
     }
 
 
-def _backend_lines() -> list[str]:
-    lines = ["  torch    usable on every device: the PyTorch reference"]
+def _triton_lines() -> list[str]:
+    """Whether the fused kernels can run: per dtype on CUDA, or why not; and the CPU interpreter."""
     if not torch.cuda.is_available():
         reasons = ["there is no CUDA device"]
         if _version("triton") == "not installed":
             reasons.append("Triton is not installed (pip install 'label-merge[triton]')")
-        return lines + ["  triton   not usable on CUDA: " + "; ".join(reasons), "  auto     runs torch here"]
-    per_dtype = fused_path_reasons(torch.device("cuda", torch.cuda.current_device()))
-    for name, reasons in per_dtype.items():
-        lines.append(f"  triton   {name}: " + ("usable" if not reasons else "not usable: " + "; ".join(reasons)))
-    usable = [name for name, reasons in per_dtype.items() if not reasons]
-    choice = f"triton for {', '.join(usable)} CUDA tensors, else torch" if usable else "torch"
-    return lines + [f"  auto     runs {choice}"]
+        lines = ["  triton   not usable on CUDA: " + "; ".join(reasons)]
+    else:
+        per_dtype = fused_path_reasons(torch.device("cuda", torch.cuda.current_device()))
+        lines = [
+            f"  triton   {name}: " + ("usable" if not reasons else "not usable: " + "; ".join(reasons))
+            for name, reasons in per_dtype.items()
+        ]
+    if os.environ.get("TRITON_INTERPRET") == "1" and _version("triton") != "not installed":
+        lines.append("  triton   on CPU tensors: in Triton's interpreter (TRITON_INTERPRET=1), far slower than torch")
+    return lines
 
 
-def report_header() -> list[str]:
-    """Versions, devices and the backends this machine can run."""
+def _auto_choice(device: torch.device, dtype: torch.dtype, merger: TLAM) -> str:
+    """What a merger with ``backend="auto"`` runs for these tokens, decided as its forward decides."""
+    try:
+        return resolve_backend("auto", device, dtype, merger)
+    except ValueError as error:  # LABEL_MERGE_BACKEND names no backend, or one that cannot run
+        return f"raises ValueError: {error}"
+
+
+def auto_choices() -> dict[str, dict[str, str]]:
+    """``{device: {dtype: choice}}`` for a paper-sized TLAM with ``backend="auto"``, on the CPU and the
+    current CUDA device (if any), honouring ``LABEL_MERGE_BACKEND`` as a forward pass does.
+
+    A choice is ``"torch"``, ``"triton"`` or ``"raises ValueError: <why>"``.
+    """
+    devices = [torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_available() else []
+    choices = {}
+    for device in [*devices, torch.device("cpu")]:
+        merger = seeded_merger(device, PAPER_SIZES)
+        name = "CUDA" if device.type == "cuda" else "CPU"
+        choices[name] = {
+            str(dtype).removeprefix("torch."): _auto_choice(device, dtype, merger.to(dtype)) for dtype in DTYPES
+        }
+    return choices
+
+
+def _describe(choice: str, dtypes: list[str]) -> str:
+    if choice.startswith("raises"):
+        return f"raises ValueError for {', '.join(dtypes)} ({choice.removeprefix('raises ValueError: ')})"
+    return f"{choice} for {', '.join(dtypes)}"
+
+
+def _auto_lines(choices: dict[str, dict[str, str]]) -> list[str]:
+    """One line when every device and dtype gets the same choice, else one line per device."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    source = f" ({ENV_VAR}={env})" if env else ""
+    distinct = {choice for per_dtype in choices.values() for choice in per_dtype.values()}
+    if len(distinct) == 1:
+        (choice,) = distinct
+        if choice.startswith("raises"):
+            return [f"  auto     raises ValueError for every input here: {choice.removeprefix('raises ValueError: ')}"]
+        return [f"  auto     runs {choice} here{source}"]
+    lines = []
+    for device, per_dtype in choices.items():
+        by_choice: dict[str, list[str]] = {}
+        for dtype, choice in per_dtype.items():
+            by_choice.setdefault(choice, []).append(dtype)
+        parts = [_describe(choice, dtypes) for choice, dtypes in by_choice.items()]
+        lines.append(f"  auto     on {device} tensors{source}: " + "; ".join(parts))
+    return lines
+
+
+def _auto_never_runs(choices: dict[str, dict[str, str]]) -> bool:
+    return all(choice.startswith("raises") for per_dtype in choices.values() for choice in per_dtype.values())
+
+
+def report_header(choices: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Versions, devices and the backends this machine can run (``choices``: :func:`auto_choices`)."""
+    choices = auto_choices() if choices is None else choices
     env = {name: os.environ.get(name, "unset") for name in (ENV_VAR, "TRITON_INTERPRET")}
     return [
         f"label-merge {label_merge.__version__} ({Path(label_merge.__file__).parent})",
@@ -219,7 +280,9 @@ def report_header() -> list[str]:
         "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()),
         "",
         "Backends (for a TLAM at the paper's sizes: 5 labels, dim 96, 3 blocks, 3 heads):",
-        *_backend_lines(),
+        "  torch    usable on every device: the PyTorch reference",
+        *_triton_lines(),
+        *_auto_lines(choices),
     ]
 
 
@@ -241,9 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-check", action="store_true", help="skip the self-check")
     args = parser.parse_args(argv)
-    print("\n".join(report_header()))
+    choices = auto_choices()
+    print("\n".join(report_header(choices)))
+    # A misspelt LABEL_MERGE_BACKEND, or "triton" where it cannot run, breaks every default merger.
+    auto_ok = not _auto_never_runs(choices)
+    if not auto_ok:
+        print(f"Every merger with backend='auto' raises here: correct or unset {ENV_VAR}.")
     if args.no_check:
-        return 0
+        return 0 if auto_ok else 1
     print()
     if torch.cuda.is_available():
         result = parity_check(torch.device("cuda", torch.cuda.current_device()), "compiled on CUDA", PAPER_SIZES)
@@ -261,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_parity_line(result))
     fused_ok = result.passed or (result.skipped is not None and not result.crashed)
     print("Self-check passed." if reference_ok and fused_ok else "Self-check FAILED.")
-    return 0 if reference_ok and fused_ok else 1
+    return 0 if reference_ok and fused_ok and auto_ok else 1
 
 
 def _interpreter_worker() -> int:

@@ -7,6 +7,8 @@ segmentation map.
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -18,12 +20,13 @@ from torch import nn
 from . import reference
 from .backend import check_backend, resolve_backend
 from .labels import LabelSpec, PixelLabel, check_specs, flatten_labels
-from .normalization import LabelNormalization
+from .normalization import LabelNormalization, NormalizationLoadHints
 from .transformer import TransformerBlock
 
 __all__ = ["TLAM", "CLAM", "NaiveConcat"]
 
 DROP_MODES = ("zero", "exclude")
+CONCAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _positive_int(name: str, value, *, allow_none: bool = False) -> None:
@@ -31,6 +34,11 @@ def _positive_int(name: str, value, *, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _positive_finite(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
 def _missing_everywhere(spec: LabelSpec, name: str, device: torch.device) -> PixelLabel:
@@ -43,7 +51,7 @@ def _missing_everywhere(spec: LabelSpec, name: str, device: torch.device) -> Pix
     return PixelLabel(name, spec, values, torch.zeros(1, dtype=torch.bool, device=device))
 
 
-class _TokenMerger(nn.Module, ABC):
+class _TokenMerger(NormalizationLoadHints, nn.Module, ABC):
     """Shared plumbing of TLAM and CLAM: validation, tokens per pixel, chunking, layout.
 
     Subclasses implement ``_label_tokens`` (one label's ``(P, d)`` tokens) and
@@ -213,8 +221,7 @@ class TLAM(_TokenMerger):
         super().__init__(specs, dim, drop, chunk_pixels, concept_norm, device, dtype)
         _positive_int("depth", depth)
         _positive_int("heads", heads)
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
+        _positive_finite("mlp_ratio", mlp_ratio)
         self.depth = depth
         self.heads = heads
         self.mlp_ratio = mlp_ratio
@@ -274,6 +281,8 @@ class TLAM(_TokenMerger):
         if layer is not None and not -self.depth <= layer < self.depth:
             raise ValueError(f"layer must be in [{-self.depth}, {self.depth - 1}] or None, got {layer}")
         (B, H, W), chunks, device = self._pixel_chunks(labels, masks)
+        if B * H * W == 0:  # an empty batch or a zero-size side: nothing to attend to
+            return torch.zeros(B, len(self.specs), H, W, device=device)
         outs = []
         for given, num_pixels in chunks:
             z, present = self._tokens(given, num_pixels, device)
@@ -405,7 +414,7 @@ class CLAM(_TokenMerger):
         return f"labels={self.label_names}, dim={self.dim}, depth={self.depth}, drop={self.drop!r}"
 
 
-class NaiveConcat(nn.Module):
+class NaiveConcat(NormalizationLoadHints, nn.Module):
     """The paper's naive baseline: all labels concatenated along channels.
 
     Categorical labels become one-hot channels, continuous ones are copied (after their spec's
@@ -417,8 +426,12 @@ class NaiveConcat(nn.Module):
     Args:
         specs: Ordered ``{name: LabelSpec}``.
         include_masks: Append one 0/1 presence channel per label.
-        dtype: Output dtype; None takes the promoted dtype of the continuous labels given, or
-            the default dtype when only categorical labels are given.
+        dtype: Output dtype (float16, bfloat16, float32 or float64); None takes the promoted
+            dtype of the continuous labels given, or the default dtype when only categorical
+            labels are given.
+
+    Raises:
+        TypeError: Any other ``dtype``.
 
     Examples:
         >>> import torch
@@ -437,6 +450,9 @@ class NaiveConcat(nn.Module):
         self.specs = check_specs(specs)
         self.normalize = LabelNormalization(self.specs)
         self.include_masks = include_masks
+        if dtype is not None and dtype not in CONCAT_DTYPES:
+            # An integer dtype would truncate the (normalised) values, float8 would round them coarsely.
+            raise TypeError(f"NaiveConcat dtype must be None or one of {CONCAT_DTYPES}, got {dtype!r}")
         self.dtype = dtype
 
     @property

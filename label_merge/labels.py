@@ -9,6 +9,7 @@ into per-label, per-pixel inputs and raises a clear error when something does no
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,22 +21,60 @@ from torch import nn
 __all__ = ["LabelSpec", "PixelLabel", "flatten_labels"]
 
 
-def _per_channel(what: str, value: float | Sequence[float] | None, channels: int) -> tuple[float, ...] | None:
-    """A scalar or per-channel sequence as a tuple of ``channels`` finite floats (None stays None)."""
+# Normalisation is stored and applied in float32: a shift or scale must survive that rounding.
+_FLOAT32 = torch.finfo(torch.float32)
+
+
+def _as_numbers(what: str, value: Any, channels: int) -> tuple[float, ...]:
+    """A number, or a sequence (list, tuple, 0-d/1-d tensor or array) of ``channels`` numbers, as floats."""
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        if getattr(value, "ndim", 0) > 1:
+            raise ValueError(
+                f"LabelSpec {what} must be a number or {channels} numbers, got an array of shape {tuple(value.shape)}"
+            )
+        value = value.tolist()  # a 0-d tensor or numpy scalar gives a number, a 1-d one a list
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (float(value),) * channels
+    if isinstance(value, (str, bytes, Mapping, set, frozenset)) or not isinstance(value, Sequence):
+        # A dict or set would be read as its keys or in no fixed order: refuse it.
+        raise ValueError(
+            f"LabelSpec {what} must be a number or a sequence of {channels} numbers (one per channel), "
+            f"got a {type(value).__name__}: {value!r}"
+        )
+    not_numbers = [v for v in value if isinstance(v, bool) or not isinstance(v, numbers.Real)]
+    if not_numbers:
+        raise ValueError(f"LabelSpec {what} must hold numbers only, got {not_numbers[0]!r} in {value!r}")
+    if len(value) != channels:
+        raise ValueError(f"LabelSpec {what} must have one value per channel ({channels}), got {len(value)}")
+    return tuple(float(v) for v in value)
+
+
+def _per_channel(what: str, value: Any, channels: int) -> tuple[float, ...] | None:
+    """A scalar or per-channel sequence as a tuple of ``channels`` floats that float32 holds (None stays None)."""
     if value is None:
         return None
-    values = (value,) * channels if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    try:
-        if isinstance(values, (str, bytes)):
-            raise TypeError
-        values = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"LabelSpec {what} must be a number or {channels} numbers, got {value!r}") from None
-    if len(values) != channels:
-        raise ValueError(f"LabelSpec {what} must have one value per channel ({channels}), got {len(values)}")
+    values = _as_numbers(what, value, channels)
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"LabelSpec {what} must be finite, got {value!r}")
+    too_large = [v for v in values if abs(v) > _FLOAT32.max]
+    if too_large:
+        raise ValueError(
+            f"LabelSpec {what} {too_large[0]!r} is beyond float32's range (+-{_FLOAT32.max:.3e}), "
+            "in which normalisation is stored and applied"
+        )
     return values
+
+
+def _check_scale(scale: tuple[float, ...]) -> None:
+    """A scale must be non-zero, and so large that dividing by it in float32 stays finite."""
+    if any(v == 0 for v in scale):
+        raise ValueError(f"LabelSpec scale must be non-zero, got {scale}")
+    too_small = [v for v in scale if abs(v) < _FLOAT32.tiny]
+    if too_small:
+        raise ValueError(
+            f"LabelSpec scale {too_small[0]!r} is too close to zero for float32 (|scale| must be at least "
+            f"{_FLOAT32.tiny:.3e}), in which normalisation is stored and applied"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,8 +115,8 @@ class LabelSpec:
         # Normalise scalars to per-channel tuples (the dataclass is frozen, hence __setattr__).
         object.__setattr__(self, "shift", _per_channel("shift", self.shift, self.channels))
         object.__setattr__(self, "scale", _per_channel("scale", self.scale, self.channels))
-        if self.scale is not None and any(v == 0 for v in self.scale):
-            raise ValueError(f"LabelSpec scale must be non-zero, got {self.scale}")
+        if self.scale is not None:
+            _check_scale(self.scale)
 
     @classmethod
     def categorical(cls, num_classes: int, ignore_index: int | None = None) -> LabelSpec:
@@ -108,15 +147,19 @@ class LabelSpec:
         [-1, 1]); without normalisation the label with the widest range dominates the concept.
         ``shift`` and ``scale`` (a number, or one per channel) make the merger see
         ``(x - shift) / scale``, e.g. a dataset's mean and standard deviation. They are stored
-        in the merger's ``state_dict``.
+        in the merger's ``state_dict`` as float32 and applied in float32 (float64 for float64
+        labels), whatever the label's or the merger's dtype.
 
         Args:
             channels: Channels per pixel.
-            shift: Subtracted first; None for 0.
-            scale: Divides the shifted value; None for 1. Must be non-zero.
+            shift: Subtracted first; None for 0. A number, or a list, tuple, or 0-d or 1-d
+                tensor or array of ``channels`` numbers.
+            scale: Divides the shifted value; None for 1. Given as ``shift``; non-zero.
 
         Raises:
-            ValueError: A shift or scale of the wrong length, non-finite, or a zero scale.
+            ValueError: A shift or scale that is not a number or a sequence of numbers (a dict,
+                a string), of the wrong length, non-finite or beyond float32's range, or a scale
+                that is zero or too small for float32 (below ``torch.finfo(torch.float32).tiny``).
 
         Examples:
             >>> LabelSpec.continuous(3).kind

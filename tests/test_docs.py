@@ -34,3 +34,21 @@ def test_mkdocs_strict_build(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_picture_in_docs_images_is_shown():
+    """No stale copies: each picture under docs/images is shown by a page or the README."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+    text = "\n".join(page.read_text() for page in pages)
+    unshown = [p.name for p in (ROOT / "docs" / "images").iterdir() if f"images/{p.name}" not in text]
+    assert not unshown, unshown
+
+
+def test_superseded_reports_are_archived_and_named_so():
+    results = ROOT / "benchmarks" / "results"
+    assert not [p.name for p in results.iterdir() if p.is_file() and "cpu-hour" in p.name]
+    archived = {p.name for p in (results / "archive").iterdir()}
+    assert {"quality_cpu-hour.md", "sensitivity_cpu-hour.json", "README.md"} <= archived
+    assert (results / "archive" / "README.md").read_text().startswith("# Superseded results")
+    studies = (ROOT / "docs" / "studies.md").read_text()
+    assert "superseded" in studies and "`benchmarks/results/archive/`" in studies

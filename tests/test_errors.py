@@ -120,3 +120,26 @@ def test_contributions_layer_out_of_range():
     merger = MERGERS[0]()
     with pytest.raises(ValueError, match="layer must be in"):
         merger.contributions(make_labels(), layer=3)
+
+
+@pytest.mark.parametrize("ratio", [float("inf"), float("nan"), -1.0, "4"])
+def test_mlp_ratio_must_be_a_finite_positive_number(ratio):
+    # inf used to raise an OverflowError from int(round(dim * inf)).
+    with pytest.raises(ValueError, match=r"mlp_ratio must be a finite positive number"):
+        TLAM(SPECS, dim=6, heads=2, mlp_ratio=ratio)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.float8_e4m3fn])
+def test_naive_concat_refuses_a_dtype_that_loses_values(dtype):
+    # An integer dtype truncated the normalised values to 0.
+    with pytest.raises(TypeError, match="NaiveConcat dtype must be None or one of"):
+        NaiveConcat(SPECS, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 7), (2, 0, 7), (2, 5, 0)], ids=["empty batch", "no rows", "no columns"])
+def test_contributions_of_no_pixels(shape):
+    B, H, W = shape
+    merger = MERGERS[0]()
+    out = merger.contributions(make_labels(B, H, W), make_masks(B, H, W, all_missing_pixel=False))
+    assert out.shape == (B, len(SPECS), H, W)
+    assert merger(make_labels(B, H, W)).shape == (B, 6, H, W)  # as the forward pass

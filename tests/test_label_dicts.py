@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
 from helpers import SPECS, make_labels, make_masks
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from label_merge import LabelSpec, pack_labels, resize_labels, unpack_labels
@@ -98,6 +100,57 @@ def test_pack_and_unpack_errors():
         unpack_labels(SPECS, torch.zeros(2, 10, 5, 7))
     with pytest.raises(TypeError, match="floating"):
         unpack_labels(SPECS, torch.zeros(2, 11, 5, 7, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_pack_refuses_non_finite_present_values(bad):
+    labels, masks = make_labels(), make_masks()
+    masks["depth"][1, 2, 3] = True
+    labels["depth"][1, 0, 2, 3] = bad
+    with pytest.raises(ValueError, match=r"'depth' holds NaN or inf at 1 present position"):
+        pack_labels(SPECS, labels, masks)
+
+
+def test_pack_refuses_values_that_overflow_its_dtype():
+    labels = make_labels()
+    labels["depth"][0, 0, 0, 0] = 1e5  # float16's largest value is 65504
+    with pytest.raises(ValueError, match=r"'depth' holds values up to 1e\+05.*overflow torch.float16"):
+        pack_labels(SPECS, labels, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.int32, "float32"])
+def test_pack_and_unpack_take_only_dtypes_that_keep_the_values(dtype):
+    # float8 changed 63 of 100 class ids in the round trip; "float32" reported "Invalid device string".
+    labels = make_labels()
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype, one of \(torch.float16"):
+        pack_labels(SPECS, labels, dtype=dtype)
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype, one of \(torch.float16"):
+        unpack_labels(SPECS, pack_labels(SPECS, labels), dtype=dtype)
+
+
+def test_unpack_refuses_an_integer_dtype():
+    # int64 truncated the continuous labels.
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch.dtype.*got torch.int64"):
+        unpack_labels(SPECS, pack_labels(SPECS, make_labels()), dtype=torch.int64)
+
+
+@pytest.mark.parametrize(("dtype", "largest_id"), [(torch.float16, 2048), (torch.bfloat16, 256)])
+def test_every_exact_class_id_may_be_packed(dtype, largest_id):
+    spec = {"semantic": LabelSpec.categorical(largest_id + 1)}
+    ids = torch.arange(largest_id + 1).reshape(1, 1, -1)
+    out, _ = unpack_labels(spec, pack_labels(spec, {"semantic": ids}, dtype=dtype))
+    assert torch.equal(out["semantic"], ids)
+    with pytest.raises(ValueError, match=f"cannot hold class ids up to {largest_id + 1} exactly"):
+        pack_labels({"semantic": LabelSpec.categorical(largest_id + 2)}, {"semantic": ids}, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 7), (2, 0, 7), (2, 5, 0)], ids=["empty batch", "no rows", "no columns"])
+def test_pack_and_unpack_of_no_pixels(shape):
+    B, H, W = shape
+    packed = pack_labels(SPECS, make_labels(B, H, W), make_masks(B, H, W, all_missing_pixel=False))
+    assert packed.shape == (B, packed_channels(SPECS), H, W)
+    labels, masks = unpack_labels(SPECS, packed)
+    assert labels["normal"].shape == (B, 3, H, W) and masks["normal"].shape == (B, H, W)
 
 
 # ---------------------------------------------------------------- resize: hand-computed cases
@@ -202,6 +255,31 @@ def test_resize_errors():
         resize_labels(SPECS, labels, {"depth": torch.ones(2, 5, 7)}, size=2)
 
 
+@pytest.mark.parametrize("mode", ["majority", "nearest"])
+def test_resize_refuses_a_class_map_that_cannot_hold_ignore_index(mode):
+    # int8 cannot hold 255: missing output pixels came back as -1.
+    spec = {"semantic": LabelSpec.categorical(4, ignore_index=255)}
+    ids = torch.tensor([[[1, 2], [3, 3]]], dtype=torch.int8)
+    mask = {"semantic": torch.tensor([[[True, True], [False, False]]])}
+    with pytest.raises(ValueError, match=r"'semantic' is torch.int8, which cannot hold its ignore_index 255"):
+        resize_labels(spec, {"semantic": ids}, mask, size=(2, 1), categorical=mode)
+    out, masks = resize_labels(spec, {"semantic": ids.to(torch.uint8)}, mask, size=(2, 1), categorical=mode)
+    assert out["semantic"].dtype == torch.uint8 and out["semantic"][0, 1, 0] == 255 and not masks["semantic"][0, 1, 0]
+
+
+@pytest.mark.parametrize("size", [(3, 4), (1, 1)])
+def test_resize_of_no_pixels(size):
+    labels = make_labels(0, 5, 7)
+    out, masks = resize_labels(SPECS, labels, make_masks(0, 5, 7, all_missing_pixel=False), size=size)
+    assert out["normal"].shape == (0, 3, *size) and masks["semantic"].shape == (0, *size)
+    # A source without rows: every window is empty, so every output pixel is missing.
+    for mode in ("majority", "nearest"):
+        out, masks = resize_labels(SPECS, make_labels(2, 0, 7), size=size, categorical=mode)
+        assert not any(m.any() for m in masks.values())
+        assert out["normal"].shape == (2, 3, *size) and not out["normal"].any()
+        assert (out["semantic"] == SPECS["semantic"].ignore_index).all()
+
+
 # ---------------------------------------------------------------- resize: properties
 
 
@@ -266,3 +344,59 @@ def test_same_size_is_the_identity_on_present_values(seed, mode):
         else:
             keep = present.unsqueeze(1).expand_as(labels[name])
             assert torch.equal(out[name][keep], labels[name][keep])
+
+
+# ---------------------------------------------------------------- resize: the min_present boundary
+
+
+def windows(n_in, n_out):
+    """adaptive_avg_pool2d's source windows along one axis, by its definition."""
+    return [(i * n_in // n_out, -(-(i + 1) * n_in // n_out)) for i in range(n_out)]
+
+
+def kept_by_count(present, size, numerator, denominator):
+    """Present at an output pixel: a pixel and at least numerator/denominator of its window, in integers."""
+    B = present.shape[0]
+    keep = np.zeros((B, *size), dtype=bool)
+    for i, (top, bottom) in enumerate(windows(present.shape[1], size[0])):
+        for j, (left, right) in enumerate(windows(present.shape[2], size[1])):
+            count = present[:, top:bottom, left:right].sum(axis=(1, 2))  # (B,) integer counts
+            area = (bottom - top) * (right - left)
+            keep[:, i, j] = (count > 0) & (count * denominator >= numerator * area)
+    return keep
+
+
+BOTH_KINDS = {"semantic": LabelSpec.categorical(3), "depth": LabelSpec.continuous(1)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    source=st.tuples(st.integers(1, 11), st.integers(1, 11)),
+    size=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    fraction=st.tuples(st.integers(0, 12), st.integers(1, 12)).filter(lambda f: f[0] <= f[1]),
+    data=st.data(),
+)
+@example(source=(5, 5), size=(1, 1), fraction=(1, 5), data=None)  # 5 of 25 at 0.2
+@example(source=(3, 3), size=(1, 1), fraction=(5, 9), data=None)  # 5 of 9 at 5/9
+@example(source=(10, 10), size=(1, 1), fraction=(1, 2), data=None)  # 50 of 100 at 0.5
+def test_presence_is_decided_on_integer_counts_for_both_kinds(source, size, fraction, data):
+    numerator, denominator = fraction
+    H, W = source
+    if data is None:  # the explicit examples: exactly the boundary count present, classes at random
+        count = H * W * numerator // denominator
+        rng = np.random.default_rng(count)
+        present = np.zeros(H * W, dtype=bool)
+        present[rng.permutation(H * W)[:count]] = True
+        classes = rng.integers(0, 3, H * W)
+    else:
+        present = np.array(data.draw(st.lists(st.booleans(), min_size=H * W, max_size=H * W)))
+        classes = np.array(data.draw(st.lists(st.integers(0, 2), min_size=H * W, max_size=H * W)))
+    present = present.reshape(1, H, W)
+    # Several classes in a window: their float shares used to sum to just below the boundary.
+    labels = {"semantic": torch.from_numpy(classes).reshape(1, H, W), "depth": torch.rand(1, 1, H, W)}
+    masks = {name: torch.from_numpy(present) for name in BOTH_KINDS}
+    _, out_masks = resize_labels(BOTH_KINDS, labels, masks, size=size, min_present=numerator / denominator)
+    expected = kept_by_count(present, size, numerator, denominator)
+    np.testing.assert_array_equal(out_masks["semantic"].numpy(), expected)
+    np.testing.assert_array_equal(out_masks["depth"].numpy(), expected)
+    assert Fraction(numerator, denominator) == Fraction(numerator / denominator).limit_denominator(2**24)

@@ -155,3 +155,105 @@ def test_synthetic_declared_normalisation_matches_its_statistics():
         # Declared from 300 scenes; 40 other scenes agree within sampling error.
         assert all(abs(m - s) < 0.35 * sc for m, s, sc in zip(mean, spec.shift, spec.scale, strict=True))
         assert all(0.6 < s / sc < 1.6 for s, sc in zip(std, spec.scale, strict=True))
+
+
+# ---------------------------------------------------------------- float32 storage and precision
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(shift=1e300), dict(shift=-1e39), dict(scale=1e300), dict(scale=1e-300), dict(scale=1e-39)]
+)
+def test_shift_and_scale_must_survive_float32(kwargs):
+    # float64 holds them, but the float32 buffers would become inf or 0 and every present pixel NaN or 0.
+    with pytest.raises(ValueError, match="float32"):
+        LabelSpec.continuous(1, **kwargs)
+
+
+def test_scale_given_as_a_dict_is_refused():
+    # A dict is iterable: it used to be read as its keys (1.0, 2.0).
+    with pytest.raises(ValueError, match=r"scale must be a number or a sequence of 2 numbers.*got a dict"):
+        LabelSpec.continuous(2, scale={1: 10.0, 2: 20.0})
+
+
+def test_tensor_and_numpy_numbers_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert LabelSpec.continuous(1, shift=torch.tensor(3.0)).shift == (3.0,)
+    assert LabelSpec.continuous(2, scale=np.float32(2)).scale == (2.0, 2.0)
+    assert LabelSpec.continuous(2, shift=torch.tensor([1.0, -2.0])).shift == (1.0, -2.0)
+    assert LabelSpec.continuous(3, scale=np.array([1.0, 2.0, 4.0])).scale == (1.0, 2.0, 4.0)
+    with pytest.raises(ValueError, match=r"shift must be a number or 2 numbers, got an array of shape \(2, 2\)"):
+        LabelSpec.continuous(2, shift=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="shift must hold numbers only"):
+        LabelSpec.continuous(2, shift=[1.0, "a"])
+
+
+def merger_on_depth(shift, scale):
+    torch.manual_seed(0)
+    specs = {"depth": LabelSpec.continuous(1, shift=shift, scale=scale)}
+    return TLAM(specs, dim=6, depth=1, heads=2, backend="torch")
+
+
+def test_float16_labels_are_normalised_in_float32():
+    # 7e4 is beyond float16's largest value (65504): normalising in float16 gave inf, then NaN.
+    merger = merger_on_depth(7e4, 1e4)
+    depth = torch.linspace(6e4, 6.5e4, 12).reshape(1, 1, 3, 4)
+    out16 = merger({"depth": depth.half()})
+    assert torch.isfinite(out16).all()
+    torch.testing.assert_close(out16, merger({"depth": depth.half().float()}), rtol=0, atol=0)
+
+
+def test_a_half_merger_keeps_its_normalisation_in_float32():
+    # In float16, a scale of 1e-8 is 0: every present pixel became inf, and the concept NaN.
+    merger = merger_on_depth(0.0, 1e-8)
+    expected = merger({"depth": torch.full((1, 1, 2, 2), 2e-4)})
+    merger.half()
+    assert merger.normalize.scale_depth.dtype == torch.float32
+    assert merger.normalize.scale_depth.item() == torch.tensor(1e-8).item()
+    out = merger({"depth": torch.full((1, 1, 2, 2), 2e-4, dtype=torch.float16)})
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, rtol=0.02, atol=0.02)
+
+
+# ---------------------------------------------------------------- loading state dicts
+
+
+def test_a_state_dict_without_normalisation_gets_a_hint():
+    # A state_dict saved before normalisation existed (label-merge 0.1.0) has no normalize.* keys.
+    old = twin(TLAM, SPECS, depth=1, heads=3, backend="torch").state_dict()
+    normalised = twin(TLAM, normalised_specs(), depth=1, heads=3, backend="torch")
+    with pytest.raises(
+        RuntimeError, match=r"no normalisation for label\(s\) \['depth', 'normal', 'curvature'\].*0\.1\.0"
+    ):
+        normalised.load_state_dict(old)
+    normalised.load_state_dict(old, strict=False)  # keeps its own shift and scale, as the hint says
+    assert normalised.specs == normalised_specs()
+    plain = twin(TLAM, SPECS, depth=1, heads=3, backend="torch")
+    with pytest.raises(RuntimeError, match=r"normalises label\(s\) \['curvature', 'depth', 'normal'\]"):
+        plain.load_state_dict(normalised.state_dict())
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_specs_show_the_loaded_normalisation(strict):
+    source = twin(TLAM, normalised_specs(), depth=1, heads=3, backend="torch")
+    other = {
+        n: s if s.is_categorical else LabelSpec.continuous(s.channels, shift=9.0, scale=0.5) for n, s in SPECS.items()
+    }
+    target = twin(TLAM, other, depth=1, heads=3, backend="torch")
+    target.load_state_dict(source.state_dict(), strict=strict)
+    assert target.specs == source.specs == normalised_specs()
+    assert target.label_names == list(SPECS)
+    # A loaded identity (shift 0, scale 1) reads as no shift or scale.
+    target.load_state_dict({**source.state_dict(), "normalize.shift_depth": torch.zeros(1)}, strict=strict)
+    assert target.specs["depth"] == LabelSpec.continuous(1, scale=SCALE["depth"])
+
+
+def test_a_model_holding_a_merger_can_ask_why_its_normalisation_does_not_load():
+    from torch import nn
+
+    from label_merge.normalization import normalization_load_hints
+
+    model = nn.ModuleDict({"merger": twin(TLAM, normalised_specs(), depth=1, heads=3, backend="torch")})
+    old = {f"merger.{k}": v for k, v in twin(TLAM, SPECS, depth=1, heads=3, backend="torch").state_dict().items()}
+    (hint,) = normalization_load_hints(model, old)
+    assert "no normalisation for label(s) ['depth', 'normal', 'curvature'] (merger.normalize.shift_<name>" in hint
+    assert normalization_load_hints(model, model.state_dict()) == []

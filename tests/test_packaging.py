@@ -8,6 +8,7 @@ reinstalling them, and the README's example runs there.
 
 from __future__ import annotations
 
+import configparser
 import email
 import re
 import shutil
@@ -79,6 +80,17 @@ def test_metadata(wheel_metadata):
     assert requirements(wheel_metadata, None) == ["torch", "einops"]  # what label_merge imports
     assert "torch" not in requirements(wheel_metadata, "docs")  # the docs build is static
     assert requirements(wheel_metadata, "test")[0].startswith("label-merge[")  # extras are not copied
+
+
+def test_setup_cfg_holds_only_what_pyproject_cannot():
+    """The design's layout keeps setup.cfg for tools that cannot read pyproject.toml, not for metadata."""
+    setup_cfg = configparser.ConfigParser()
+    setup_cfg.read(ROOT / "setup.cfg")
+    assert setup_cfg.sections() == ["flake8"]  # no [metadata] or [options]: those are in pyproject.toml
+    pyproject = (ROOT / "pyproject.toml").read_text()  # read as text: tomllib needs Python 3.11
+    assert "[tool.flake8]" not in pyproject
+    ruff_line_length = int(re.search(r"^\[tool\.ruff\]\nline-length = (\d+)$", pyproject, flags=re.M).group(1))
+    assert setup_cfg.getint("flake8", "max-line-length") == ruff_line_length
 
 
 def test_twine_check(dists):

@@ -31,6 +31,7 @@ SCRIPTS = [
     "benchmarks/synthetic_predictability.py",
     "docs/scripts/render_synthetic_figure.py",
     "docs/scripts/render_controllability_figure.py",
+    "docs/scripts/add_grid_headings.py",
 ]
 
 

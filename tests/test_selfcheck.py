@@ -94,3 +94,53 @@ def test_a_crashed_interpreter_check_fails(monkeypatch, capsys):
     assert "not run: the check crashed (exit code 3" in captured.out
     assert "reference: error" not in captured.out
     assert captured.out.splitlines()[-1] == "Self-check FAILED."
+
+
+def run_report(env_changes, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LABEL_MERGE_BACKEND")}
+    env.update(PYTHONPATH=str(ROOT), **env_changes)
+    return subprocess.run(
+        [sys.executable, "-m", "label_merge", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.skipif(_selfcheck._version("triton") == "not installed", reason="needs Triton")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="describes a machine without CUDA")
+def test_report_follows_label_merge_backend_in_the_interpreter():
+    # It used to say "auto runs torch here" while a paper-sized TLAM ran triton.
+    done = run_report({"LABEL_MERGE_BACKEND": "triton", "TRITON_INTERPRET": "1"}, "--no-check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "  auto     runs triton here (LABEL_MERGE_BACKEND=triton)" in lines
+    assert any(line.startswith("  triton   on CPU tensors: in Triton's interpreter") for line in lines)
+
+
+def test_report_says_that_a_misspelt_backend_breaks_every_merger(monkeypatch, capsys):
+    # It used to say "auto runs torch here" while every forward raised.
+    monkeypatch.setenv("LABEL_MERGE_BACKEND", "bogus")
+    assert _selfcheck.main(["--no-check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        "  auto     raises ValueError for every input here: "
+        "LABEL_MERGE_BACKEND must be one of ('auto', 'torch', 'triton'), got 'bogus'"
+    ) in lines
+    assert lines[-1] == "Every merger with backend='auto' raises here: correct or unset LABEL_MERGE_BACKEND."
+    with pytest.raises(ValueError, match="bogus"):  # what the report says is what a forward does
+        _selfcheck.seeded_merger(torch.device("cpu"), TINY)(*_selfcheck._inputs(torch.device("cpu")))
+
+
+def test_report_names_the_backend_asked_for(monkeypatch, capsys):
+    monkeypatch.setenv("LABEL_MERGE_BACKEND", "torch")
+    assert _selfcheck.main(["--no-check"]) == 0
+    assert "  auto     runs torch here (LABEL_MERGE_BACKEND=torch)" in capsys.readouterr().out.splitlines()
+
+
+def test_report_lists_mixed_choices_per_device():
+    choices = {
+        "CUDA": {"float32": "triton", "bfloat16": "triton", "float16": "torch"},
+        "CPU": {"float32": "raises ValueError: cannot run", "bfloat16": "torch", "float16": "torch"},
+    }
+    assert _selfcheck._auto_lines(choices) == [
+        "  auto     on CUDA tensors: triton for float32, bfloat16; torch for float16",
+        "  auto     on CPU tensors: raises ValueError for float32 (cannot run); torch for bfloat16, float16",
+    ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -71,6 +72,22 @@ def test_one_generator_and_one_discriminator_step(tmp_path, merger, generator):
     assert any(not torch.equal(a, b) for a, b in zip(before_d, trainer.discriminator.parameters(), strict=True))
     if merger in ("tlam", "clam"):  # the merger learns through the generator
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.generator.merger.parameters())
+
+
+@pytest.mark.parametrize("where", ["real image", "discriminator loss"])
+def test_a_non_finite_loss_raises_before_any_weight_changes(tmp_path, monkeypatch, where):
+    trainer = Trainer(tiny_config(tmp_path), progress=False)
+    batch = next(iter(trainer._loader()))
+    if where == "real image":  # every loss that sees the real image is NaN
+        batch["image"][0, 0, 0, 0] = float("nan")
+    else:  # only the discriminator's loss, computed after the generator's
+        monkeypatch.setattr("examples.training.loop.hinge_loss_d_real", lambda outputs: torch.tensor(float("inf")))
+    before_g, before_d = parameters(trainer.generator), parameters(trainer.discriminator)
+    with pytest.raises(FloatingPointError, match="at step 1; no weights were updated"):
+        trainer.train_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before_g, trainer.generator.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before_d, trainer.discriminator.parameters(), strict=True))
+    assert all(not state for state in trainer.opt_g.state.values())  # Adam's moments untouched too
 
 
 def test_losses_fall_on_a_fixed_batch(tmp_path):
@@ -135,6 +152,10 @@ def test_run_writes_samples_checkpoints_and_logs(tmp_path):
     Trainer(config, progress=False).train()
     out = Path(config.train.out)
     assert (out / "samples" / "step_00000002.png").is_file()
+    grid = Image.open(out / "samples" / "step_00000002.png")
+    labels = ["semantic", "depth", "normal", "edge", "curvature"]
+    assert grid.info["columns"].split(", ") == [*labels, "concept (PCA)", "generated", "real"]
+    assert json.loads(grid.info["layout"])["heading"] > 0  # the titles are drawn above the columns
     assert (out / "checkpoints" / "step_00000002.safetensors").is_file()
     assert (out / "config.json").is_file() and (out / "metrics.jsonl").is_file()
     assert any((out / "tensorboard").iterdir())

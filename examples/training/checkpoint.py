@@ -28,6 +28,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from label_merge.normalization import normalization_load_hints
+
 __all__ = [
     "CheckpointError",
     "Checkpoint",
@@ -252,7 +254,8 @@ def load_checkpoint(
         try:
             _unwrap(module).load_state_dict(state)
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights for {name!r} do not fit: {err}") from err
+            hints = "".join(f"\n\t{hint}" for hint in normalization_load_hints(_unwrap(module), state))
+            raise CheckpointError(f"{path}: weights for {name!r} do not fit: {err}{hints}") from err
     saved_optimizers = json.loads(meta["optimizers"])
     for name, optimizer in (optimizers or {}).items():
         if name not in saved_optimizers:

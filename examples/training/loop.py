@@ -88,6 +88,13 @@ def step_generator(seed: int, step: int, rank: int, stream: int = REGION_DROPOUT
     return torch.Generator().manual_seed(int(state[0] % (2**63)))
 
 
+def _update(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tensor]) -> None:
+    """One step of ``optimizer`` on the sum of ``losses``."""
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
 def seed_everything(seed: int) -> None:
     """Seed the global torch (CPU and CUDA), numpy and Python random number generators.
 
@@ -200,8 +207,8 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.amp)
 
-    def generator_step(self, batch: dict, masks: dict) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-        """One update of merger + generator. Returns the losses, the fake (detached) and the concept."""
+    def generator_losses(self, batch: dict, masks: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The merger + generator losses (with their graph), the fake and the concept (both detached)."""
         o = self.config.optim
         real = batch["image"]
         # The frozen discriminator is called unwrapped: no gradient sync, no parameter grads.
@@ -211,6 +218,7 @@ class Trainer:
             fake, concept = self.generator_ddp(batch["labels"], masks)
             cond = concept.detach()
             outputs = d(torch.cat([cond, cond]), torch.cat([fake, real]))
+        d.requires_grad_(True)
         fake_out, real_out = split_outputs(outputs, fake.shape[0])
         losses = {
             "g_gan": hinge_loss_g(fake_out),
@@ -220,33 +228,34 @@ class Trainer:
             losses["g_vgg"] = self.vgg(fake.float(), real.float())
         if o.lambda_l1:
             losses["g_l1"] = o.lambda_l1 * F.l1_loss(fake.float(), real.float())
-        total = sum(losses.values())
-        self.opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt_g.step()
-        d.requires_grad_(True)
-        return {k: float(v.detach()) for k, v in losses.items()}, fake.detach(), concept.detach()
+        return losses, fake.detach(), concept.detach()
 
-    def discriminator_step(self, batch: dict, fake: torch.Tensor, concept: torch.Tensor) -> dict[str, float]:
-        """One update of the discriminator on real images and the generator step's fakes."""
+    def discriminator_losses(self, batch: dict, fake: torch.Tensor, concept: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The discriminator's losses (with their graph) on real images and the generator's fakes."""
         real = batch["image"]
         with self._autocast():
             outputs = self.discriminator_ddp(torch.cat([concept, concept]), torch.cat([fake, real]))
         fake_out, real_out = split_outputs(outputs, fake.shape[0])
-        losses = {"d_fake": hinge_loss_d_fake(fake_out), "d_real": hinge_loss_d_real(real_out)}
-        self.opt_d.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        self.opt_d.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {"d_fake": hinge_loss_d_fake(fake_out), "d_real": hinge_loss_d_real(real_out)}
 
     def train_step(self, batch: dict) -> dict[str, float]:
+        """One update of merger + generator, then one of the discriminator; returns the losses.
+
+        Both networks' losses are computed first (the discriminator's on the generator's
+        detached fakes, which the generator's update does not change), so a non-finite loss
+        raises ``FloatingPointError`` before either optimizer steps: the weights in memory stay
+        those of the last good step.
+        """
         masks = self._masks(batch)
-        losses, fake, concept = self.generator_step(batch, masks)
-        losses.update(self.discriminator_step(batch, fake, concept))
-        for name, value in losses.items():
+        g_losses, fake, concept = self.generator_losses(batch, masks)
+        d_losses = self.discriminator_losses(batch, fake, concept)
+        values = {name: float(loss.detach()) for name, loss in {**g_losses, **d_losses}.items()}
+        for name, value in values.items():
             if not math.isfinite(value):
-                raise FloatingPointError(f"loss {name} is {value} at step {self.step + 1}")
-        return losses
+                raise FloatingPointError(f"loss {name} is {value} at step {self.step + 1}; no weights were updated")
+        _update(self.opt_g, g_losses)
+        _update(self.opt_d, d_losses)
+        return values
 
     # ------------------------------------------------------------------ outputs
 
