@@ -9,7 +9,7 @@ from .blocks import CLAM, TLAM, NaiveConcat
 from .label_dicts import pack_labels, resize_labels, unpack_labels
 from .labels import LabelSpec
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "TLAM",
