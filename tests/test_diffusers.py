@@ -596,7 +596,9 @@ def test_guided_batching_matches_one_prompt_at_a_time(lm_diffusers, which, reque
         one = {name: x[i : i + 1] for name, x in labels.items()}
         one_masks = {name: m[i : i + 1] for name, m in masks.items()}
         alone = guided(prompt, one, one_masks, num_images_per_prompt=2, latents=noise[2 * i : 2 * i + 2], **options)
-        assert torch.allclose(together[2 * i : 2 * i + 2], alone.images, atol=1e-5), prompt
+        # float32 rounding of batched against single matmuls in the UNet: about 1e-5 on latents of size 1
+        difference = (together[2 * i : 2 * i + 2] - alone.images).abs().max()
+        assert difference < 1e-4, (prompt, difference)
     pil = guided("a cat", {k: v[:1] for k, v in labels.items()}, num_inference_steps=1, num_images_per_prompt=3).images
     assert len(pil) == 3 and pil[0].size == (IMAGE, IMAGE)
 

@@ -32,6 +32,9 @@ SCRIPTS = [
     "docs/scripts/render_synthetic_figure.py",
     "docs/scripts/render_controllability_figure.py",
     "docs/scripts/add_grid_headings.py",
+    "benchmarks/merger_choice.py",
+    "benchmarks/gpu_session.py",
+    "benchmarks/rerender_reports.py",
 ]
 
 
