@@ -146,11 +146,17 @@ class Variant:
         }
 
 
-def rendered_batches(trainer: Trainer, count: int) -> list[dict]:
-    """``count`` training batches, rendered now so that rendering is never timed."""
+def rendered_batches(trainer: Trainer, count: int) -> tuple[list[dict], float]:
+    """``count`` training batches, rendered before the steps are timed, and the seconds a batch took.
+
+    A run with ``--workers 0`` (the demo's) renders each batch between two steps, so this time
+    adds to every step of a real run; it tells whether loading in worker processes could pay.
+    """
     size = trainer.per_rank_batch
+    started = time.perf_counter()
     samples = [trainer.train_set[i % len(trainer.train_set)] for i in range(count * size)]
-    return [default_collate(samples[i * size : (i + 1) * size]) for i in range(count)]
+    batches = [default_collate(samples[i * size : (i + 1) * size]) for i in range(count)]
+    return batches, (time.perf_counter() - started) / count
 
 
 def timed_step(trainer: Trainer, batch: dict) -> float:
@@ -162,13 +168,17 @@ def timed_step(trainer: Trainer, batch: dict) -> float:
 def time_case(
     setting: Setting, merger: str, generator: str, variants: dict[str, tuple[str, ...]], plan: Plan, out: Path
 ) -> dict:
-    """Every variant of one (setting, merger, generator), interleaved; returns their summaries."""
+    """Every variant of one (setting, merger, generator), interleaved.
+
+    Returns:
+        ``({variant: summary}, seconds to render one batch)``.
+    """
     torch.set_num_threads(setting.threads)
     built = []
     for name, levers in variants.items():
         config = with_levers(setting.run_config(merger, generator, str(out / name)), levers)
         built.append(Variant(name, levers, Trainer(config, progress=False)))
-    batches = rendered_batches(built[0].trainer, plan.batches)
+    batches, render_s = rendered_batches(built[0].trainer, plan.batches)
     for variant in built:
         variant.first_step_s = timed_step(variant.trainer, batches[0])
         for i in range(plan.warmup):
@@ -179,7 +189,7 @@ def time_case(
             for i in range(plan.steps_per_repeat):
                 variant.step_s.append(timed_step(variant.trainer, batches[(repeat + i) % len(batches)]))
     base = statistics.median(built[0].step_s)
-    return {v.name: v.summary(base) for v in built}
+    return {v.name: v.summary(base) for v in built}, render_s
 
 
 # ----------------------------------------------------------------------------- TLAM vs the peak
@@ -322,15 +332,16 @@ def markdown(result: dict) -> str:
         "Medians of single steps; ratio = new / baseline (below 1 is faster). Written by "
         "`python benchmarks/bench_train_step.py`.",
         "",
-        "| setting | threads | merger | generator | baseline s/step | all s/step | all, 400-step amortised | ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| setting | threads | merger | generator | baseline s/step | all s/step | all, 400-step amortised | ratio "
+        "| rendering s/batch (not in the step) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for case in result["cases"]:
         v = case["variants"]
         lines.append(
             f"| {case['setting']} | {case['threads']} | {case['merger']} | {case['generator']} | "
             f"{v['baseline']['median_s']:.3f} | {v['all']['median_s']:.3f} | {v['all']['amortised_s']:.3f} | "
-            f"{v['all']['ratio']:.2f} |"
+            f"{v['all']['ratio']:.2f} | {case['render_s_per_batch']:.3f} |"
         )
     levers = [name for name in LEVERS if any(name in c["variants"] for c in result["cases"])]
     lines += ["", "Each lever alone (ratio to baseline; compile: after its first step, which is listed apart):", ""]
@@ -445,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
                 started = time.perf_counter()
                 variants = variants_of(plan, merger, generator)
                 where = scratch / f"{setting.name}_{merger}_{generator}"
-                timed = time_case(setting, merger, generator, variants, plan, where)
+                timed, render_s = time_case(setting, merger, generator, variants, plan, where)
                 result["cases"].append(
                     {
                         "setting": setting.name,
@@ -454,6 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "threads": setting.threads,
                         "merger": merger,
                         "generator": generator,
+                        "render_s_per_batch": render_s,
                         "variants": timed,
                     }
                 )

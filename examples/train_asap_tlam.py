@@ -93,7 +93,9 @@ def resolve_resume(config: RunConfig, args) -> StartPoint:
     saved = RunConfig.from_dict(found.config)
     if args.preset is not None:
         # A preset describes a whole configuration: it may only restate the saved one.
-        differences = _differences(saved, apply_flags(PRESETS[args.preset], args), ignore=RESUMABLE_FLAGS | RESOLVED_AT_START)
+        differences = _differences(
+            saved, apply_flags(PRESETS[args.preset], args), ignore=RESUMABLE_FLAGS | RESOLVED_AT_START
+        )
         if differences:
             raise SystemExit(
                 f"--resume continues the saved configuration of {path}; --preset {args.preset} would change "

@@ -237,6 +237,7 @@ def test_the_benchmark_smoke_run_writes_its_json(tmp_path):
     assert saved["torch"] == torch.__version__
     (case,) = saved["cases"]
     assert (case["setting"], case["threads"], case["merger"], case["generator"]) == ("demo", 2, "tlam", "asap")
+    assert case["render_s_per_batch"] > 0
     variants = case["variants"]
     assert {"baseline", "all", "foreach_adam", "fused_adam", "channels_last", "one_d_pass", "bf16_auto"} <= set(
         variants
