@@ -174,6 +174,11 @@ def time_case(
         ``({variant: summary}, seconds to render one batch)``.
     """
     torch.set_num_threads(setting.threads)
+    if any("compile" in levers for levers in variants.values()):
+        # Each case compiles from scratch: its first step then holds its own compile time, and
+        # the compiled code of earlier cases cannot fill Dynamo's per-function cache (past its
+        # limit, Dynamo would silently run later cases eagerly).
+        torch._dynamo.reset()
     built = []
     for name, levers in variants.items():
         config = with_levers(setting.run_config(merger, generator, str(out / name)), levers)
