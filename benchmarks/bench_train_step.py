@@ -325,6 +325,23 @@ def variants_of(plan: Plan, merger: str, generator: str) -> dict[str, tuple[str,
 # ----------------------------------------------------------------------------- reports
 
 
+def lever_table(result: dict, levers: list[str]) -> list[str]:
+    """Markdown rows: each lever's ratio to the baseline, per case that timed levers alone."""
+    lines = ["", "Each lever alone (ratio to baseline; compile: after its first step, which is listed apart):", ""]
+    lines += ["| setting | merger | generator | " + " | ".join(levers) + " | all |"]
+    lines += ["| --- " * (4 + len(levers)) + "|"]
+    for case in result["cases"]:
+        v = case["variants"]
+        if not any(name in v for name in levers):
+            continue
+        cells = [f"{v[name]['ratio']:.2f}" if name in v else "" for name in levers]
+        lines.append(
+            f"| {case['setting']} | {case['merger']} | {case['generator']} | {' | '.join(cells)} | "
+            f"{v['all']['ratio']:.2f} |"
+        )
+    return lines
+
+
 def markdown(result: dict) -> str:
     """The main table (baseline against all levers, every case) and the per-lever table."""
     cpu = result["cpu"]
@@ -349,18 +366,8 @@ def markdown(result: dict) -> str:
             f"{v['all']['ratio']:.2f} | {case['render_s_per_batch']:.3f} |"
         )
     levers = [name for name in LEVERS if any(name in c["variants"] for c in result["cases"])]
-    lines += ["", "Each lever alone (ratio to baseline; compile: after its first step, which is listed apart):", ""]
-    lines += ["| setting | merger | generator | " + " | ".join(levers) + " | all |"]
-    lines += ["| --- " * (4 + len(levers)) + "|"]
-    for case in result["cases"]:
-        v = case["variants"]
-        if not any(name in v for name in levers):
-            continue
-        cells = [f"{v[name]['ratio']:.2f}" if name in v else "" for name in levers]
-        lines.append(
-            f"| {case['setting']} | {case['merger']} | {case['generator']} | {' | '.join(cells)} | "
-            f"{v['all']['ratio']:.2f} |"
-        )
+    if levers:
+        lines += lever_table(result, levers)
     compiled = [c for c in result["cases"] if "compile" in c["variants"]]
     if compiled:
         lines += [

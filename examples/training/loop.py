@@ -14,6 +14,7 @@ it cannot make the discriminator's conditioning uninformative.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -350,10 +351,24 @@ class Trainer:
         self.opt_d.step()
         return {k: float(v.detach()) for k, v in {**g_losses, **d_losses}.items()}
 
+    def _retainable_compiled_graphs(self):
+        """With ``--compile``: compile backwards that may run with ``retain_graph=True``.
+
+        A compiled backward reuses ("donates") saved buffers, so it refuses to run twice on one
+        graph; the one-pass step runs two backwards through the discriminator's graph. Graphs
+        compile at their first forward and backward, both inside this context.
+        """
+        if not self.config.train.compile:
+            return contextlib.nullcontext()
+        from torch._functorch import config as functorch_config
+
+        return functorch_config.patch(donated_buffer=False)
+
     def train_step(self, batch: dict) -> dict[str, float]:
         masks = self._masks(batch)
         if self.config.train.one_discriminator_pass:
-            losses = self.generator_and_discriminator_step(batch, masks)
+            with self._retainable_compiled_graphs():
+                losses = self.generator_and_discriminator_step(batch, masks)
         else:
             losses, fake, concept = self.generator_step(batch, masks)
             losses.update(self.discriminator_step(batch, fake, concept))
