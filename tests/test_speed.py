@@ -250,3 +250,12 @@ def test_the_benchmark_smoke_run_writes_its_json(tmp_path):
     assert peak["flop"] > 0 and peak["gflops"] > 0 and "FMA" in peak["peak_formula"]
     assert path.with_suffix(".md").read_text().startswith("# Training step on the CPU")
     assert path.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_in_one_discriminator_pass(tmp_path):
+    # Two backwards run through the one discriminator graph; compiled backwards must allow it.
+    config = lever_config(tmp_path, "compiled", steps=2, compile=True, channels_last=True, one_discriminator_pass=True)
+    config = replace(config, model=replace(config.model, generator="spade"))
+    losses = steps_of(Trainer(config, progress=False), 2)
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
