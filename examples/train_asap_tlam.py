@@ -38,6 +38,8 @@ from examples.training.run_files import ensure_writable  # noqa: E402
 
 # Flags that may change when a run is resumed; any other flag must match the saved configuration.
 RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "log_every", "sample_every", "checkpoint_every"}
+# Fields a run fills in when it starts (what --amp auto became): a preset never sets them.
+RESOLVED_AT_START = {"amp_resolved", "amp_reason"}
 
 
 @dataclass
@@ -91,7 +93,9 @@ def resolve_resume(config: RunConfig, args) -> StartPoint:
     saved = RunConfig.from_dict(found.config)
     if args.preset is not None:
         # A preset describes a whole configuration: it may only restate the saved one.
-        differences = _differences(saved, apply_flags(PRESETS[args.preset], args), ignore=RESUMABLE_FLAGS)
+        differences = _differences(
+            saved, apply_flags(PRESETS[args.preset], args), ignore=RESUMABLE_FLAGS | RESOLVED_AT_START
+        )
         if differences:
             raise SystemExit(
                 f"--resume continues the saved configuration of {path}; --preset {args.preset} would change "
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 f"{config.train.steps} steps on {trainer.device}, writing to {config.train.out}",
                 flush=True,
             )
+            print(f"bfloat16 autocast: {trainer.config.train.amp_reason}", flush=True)
         losses = trainer.train()
     except BaseException:
         teardown_distributed(wait_for_all_ranks=False)  # another rank may never reach a barrier

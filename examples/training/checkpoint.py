@@ -144,6 +144,20 @@ def _restore_optimizer(name, optimizer, tensors, saved) -> None:
     for index, entries in saved["plain_state"].items():
         state.setdefault(int(index), {}).update(entries)
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    _match_parameter_layouts(optimizer)
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's strides (e.g. channels_last).
+
+    Checkpoints store tensors contiguous. A fused optimizer walks a parameter and its state as
+    flat memory, so a channels_last weight with a contiguous ``exp_avg`` would pair the wrong
+    elements: the values are copied into the parameter's layout instead.
+    """
+    for param, entries in optimizer.state.items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                entries[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def save_checkpoint(

@@ -24,6 +24,7 @@ __all__ = [
 DATASETS = ("synthetic", "taskonomy", "cityscapes", "nyu")
 MERGERS = ("tlam", "clam", "naive", "semantic")
 GENERATORS = ("asap", "spade")
+ADAM_IMPLS = ("default", "foreach", "fused")
 
 
 @dataclass
@@ -76,6 +77,10 @@ class OptimConfig:
     lambda_vgg: float = 10.0
     lambda_l1: float = 0.0  # pixel L1 (off in the paper; the demo uses it while VGG19 weights are absent)
     vgg_weights: str | None = None  # torchvision vgg19 state dict; else $LABEL_MERGE_VGG19; else off
+    # Adam's implementation: "default" (PyTorch's choice: a loop over the parameters on CPU),
+    # "foreach" (grouped tensor ops) or "fused" (one kernel). The same update; fused may round
+    # differently in the last bits.
+    adam_impl: str = "default"
 
 
 @dataclass
@@ -86,7 +91,16 @@ class TrainConfig:
     batch_size: int = 8  # global: split across processes
     sparsity: float = 0.0  # region dropout probability S (paper: 0 or 0.5)
     seed: int = 0
-    amp: bool = False  # bfloat16 autocast
+    amp: bool | str = False  # bfloat16 autocast: True, False or "auto" (on where bf16 is native)
+    # What "auto" became and why, filled in when the run starts and kept on resume (a resumed
+    # run keeps its precision even on another machine).
+    amp_resolved: bool | None = None
+    amp_reason: str = ""
+    channels_last: bool = False  # generator and discriminator in channels_last memory format
+    compile: bool = False  # torch.compile the merger, the generator and the discriminator
+    # One discriminator pass per step on [fake, real] serves both updates (changes numerics:
+    # spectral norm's power iteration then runs once per step instead of twice).
+    one_discriminator_pass: bool = False
     device: str = "auto"
     out: str = "runs/asap_tlam"
     log_every: int = 25
@@ -167,11 +181,15 @@ _FIELD_FLAGS = {
     "lambda_vgg": ("optim", "lambda_vgg"),
     "lambda_l1": ("optim", "lambda_l1"),
     "vgg_weights": ("optim", "vgg_weights"),
+    "adam_impl": ("optim", "adam_impl"),
     "steps": ("train", "steps"),
     "batch_size": ("train", "batch_size"),
     "sparsity": ("train", "sparsity"),
     "seed": ("train", "seed"),
     "amp": ("train", "amp"),
+    "channels_last": ("train", "channels_last"),
+    "compile": ("train", "compile"),
+    "one_discriminator_pass": ("train", "one_discriminator_pass"),
     "device": ("train", "device"),
     "out": ("train", "out"),
     "log_every": ("train", "log_every"),
@@ -260,7 +278,22 @@ _CHOICES = {
     ("model", "generator"): GENERATORS,
     ("model", "drop"): ("zero", "exclude"),
     ("model", "asap_init"): ("hyper", "asap"),
+    ("optim", "adam_impl"): ADAM_IMPLS,
+    ("train", "amp"): (True, False, "auto"),
+    ("train", "amp_resolved"): (None, True, False),
+    ("train", "channels_last"): (True, False),
+    ("train", "compile"): (True, False),
+    ("train", "one_discriminator_pass"): (True, False),
 }
+
+
+def _is_one_of(value, allowed) -> bool:
+    """``value in allowed``, except that True and False match only themselves (not 1 and 0)."""
+    exact = (bool, type(None))
+    return any(
+        value is choice if isinstance(choice, exact) or isinstance(value, exact) else value == choice
+        for choice in allowed
+    )
 
 
 def _setting_name(section: str, name: str) -> str:
@@ -293,7 +326,7 @@ def check_config(config: RunConfig) -> None:
             raise ValueError(f"{_setting_name(section, name)} must be {bounds.describe()}{each}, got {value!r}")
     for (section, name), allowed in _CHOICES.items():
         value = getattr(getattr(config, section), name)
-        if value not in allowed:
+        if not _is_one_of(value, allowed):
             raise ValueError(f"{_setting_name(section, name)} must be one of {list(allowed)}, got {value!r}")
     m = config.model
     if m.merger == "tlam" and m.dim % m.heads:
@@ -313,6 +346,14 @@ def _parsed(bounds: Bounds):
         return value
 
     return parse
+
+
+def _amp_setting(text: str) -> bool | str:
+    """``--amp`` on, off or auto: True, False or ``"auto"``."""
+    settings = {"on": True, "off": False, "auto": "auto"}
+    if text not in settings:
+        raise argparse.ArgumentTypeError(f"expected one of {list(settings)}, got {text!r}")
+    return settings[text]
 
 
 def _type(flag: str):
@@ -355,12 +396,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-vgg", type=_type("lambda_vgg"), help="VGG19 perceptual loss weight")
     g.add_argument("--lambda-l1", type=_type("lambda_l1"), help="pixel L1 loss weight")
     g.add_argument("--vgg-weights", help="torchvision VGG19 state dict (.pth); else $LABEL_MERGE_VGG19")
+    g.add_argument(
+        "--adam-impl",
+        choices=ADAM_IMPLS,
+        help="Adam implementation: default (PyTorch's choice, a per-parameter loop on CPU), foreach or fused "
+        "(one kernel; may round differently in the last bits)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--steps", type=_type("steps"), help="training steps (generator + discriminator updates)")
     g.add_argument("--batch-size", type=_type("batch_size"), help="global batch size, split across processes")
     g.add_argument("--sparsity", type=_type("sparsity"), help="region dropout probability S in [0, 1]")
     g.add_argument("--seed", type=_type("seed"), help="random seed")
-    g.add_argument("--amp", action="store_const", const=True, help="bfloat16 autocast")
+    g.add_argument(
+        "--amp",
+        nargs="?",
+        const=True,
+        type=_amp_setting,
+        metavar="{on,off,auto}",
+        help="bfloat16 autocast (changes numerics); auto turns it on only where bf16 is native (a CPU with "
+        "AMX-BF16 or AVX512-BF16, or a GPU) and prints the choice at start-up; --amp alone means on",
+    )
+    g = p.add_argument_group("speed (see 'Speed on CPUs' in docs/training.md)")
+    g.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="generator and discriminator convolutions in channels_last memory format (other kernels: results "
+        "differ in the last bits)",
+    )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the merger, generator and discriminator (compiles at the first step; fused "
+        "kernels: results differ in the last bits)",
+    )
+    g.add_argument(
+        "--one-discriminator-pass",
+        action=argparse.BooleanOptionalAction,
+        help="one discriminator forward per step serves both updates instead of two (changes numerics: "
+        "spectral norm's power iteration runs once per step instead of twice, and both updates see the "
+        "same normalised weights)",
+    )
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--out", help="output folder (checkpoints, samples, logs)")
     g.add_argument("--log-every", type=_type("log_every"), help="steps between log lines")

@@ -14,6 +14,7 @@ it cannot make the discriminator's conditioning uninformative.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import random
 import time
 import warnings
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +43,24 @@ from examples.losses import (
 from examples.training.builders import build_datasets, build_networks, label_specs_of, specs_to_dict
 from examples.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from examples.training.config import RunConfig, check_config
+from examples.training.cpu import resolve_amp
 from examples.training.data import ResumableSampler
 from examples.training.distributed import DistInfo, pick_device
 from examples.training.run_files import ensure_writable, trim_metrics_log
 from label_merge.sparsity import region_dropout
 from label_merge.viz import concept_to_rgb
 
-__all__ = ["Trainer", "split_outputs", "to_device", "seed_everything", "step_generator"]
+__all__ = [
+    "Trainer",
+    "build_adam",
+    "compile_networks",
+    "set_adam_impl",
+    "split_outputs",
+    "to_device",
+    "seed_everything",
+    "step_generator",
+    "with_amp_resolved",
+]
 
 # Independent random streams drawn per (seed, step, rank): see step_generator.
 REGION_DROPOUT_STREAM = 0
@@ -107,6 +120,51 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def with_amp_resolved(config: RunConfig, device: torch.device) -> RunConfig:
+    """``config`` with ``train.amp_resolved`` and ``train.amp_reason`` filled in for ``device``.
+
+    A configuration that already holds a resolution (a resumed run) keeps it, so a run keeps
+    its precision when it continues on another machine.
+    """
+    t = config.train
+    if t.amp_resolved is not None:
+        return config
+    enabled, reason = resolve_amp(t.amp, device)
+    return replace(config, train=replace(t, amp_resolved=enabled, amp_reason=reason))
+
+
+def adam_impl_flags(impl: str) -> dict[str, bool | None]:
+    """The ``foreach`` and ``fused`` arguments of ``torch.optim.Adam`` for ``--adam-impl``."""
+    flags = {"default": (None, None), "foreach": (True, None), "fused": (None, True)}
+    if impl not in flags:
+        raise ValueError(f"--adam-impl must be one of {list(flags)}, got {impl!r}")
+    foreach, fused = flags[impl]
+    return {"foreach": foreach, "fused": fused}
+
+
+def build_adam(params, *, lr: float, betas: tuple[float, float], impl: str = "default") -> torch.optim.Adam:
+    """Adam with the implementation ``impl`` (see :func:`adam_impl_flags`)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, **adam_impl_flags(impl))
+
+
+def set_adam_impl(optimizer: torch.optim.Optimizer, impl: str) -> None:
+    """Set the implementation of every parameter group (a loaded state dict brings its own)."""
+    for group in optimizer.param_groups:
+        group.update(adam_impl_flags(impl))
+
+
+def compile_networks(generator: torch.nn.Module, discriminator: torch.nn.Module) -> None:
+    """``torch.compile`` the merger, the generator and the discriminator in place.
+
+    ``Module.compile`` keeps the parameters and their names, so checkpoints are unchanged. The
+    merger and the generator are compiled apart: the merger's input checks break its graph,
+    which then leaves the generator's whole.
+    """
+    generator.merger.compile()
+    generator.generator.compile()
+    discriminator.compile()
+
+
 class Trainer:
     """Everything a run needs, built from a :class:`RunConfig`.
 
@@ -134,6 +192,10 @@ class Trainer:
                 f"--batch-size {t.batch_size} must be divisible by the number of processes ({self.dist.world_size})"
             )
         self.device = pick_device(t.device, self.dist)
+        if t.one_discriminator_pass and self.dist.enabled:
+            raise ValueError("--one-discriminator-pass runs in a single process only; leave it out with torchrun")
+        self.config = config = with_amp_resolved(config, self.device)
+        t = config.train
         self.out = Path(t.out)
         if self.dist.is_main:  # before any heavy work: a read-only or full disk is found at once
             ensure_writable(self.out)
@@ -145,9 +207,13 @@ class Trainer:
         self.generator, self.discriminator = build_networks(config, self.specs)
         self.generator.to(self.device)
         self.discriminator.to(self.device)
+        if t.channels_last:
+            # Only the convolutional networks: the merger works on per-pixel tokens.
+            self.generator.generator.to(memory_format=torch.channels_last)
+            self.discriminator.to(memory_format=torch.channels_last)
         o = config.optim
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o.lr_g, betas=o.betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=o.lr_d, betas=o.betas)
+        self.opt_g = build_adam(self.generator.parameters(), lr=o.lr_g, betas=o.betas, impl=o.adam_impl)
+        self.opt_d = build_adam(self.discriminator.parameters(), lr=o.lr_d, betas=o.betas, impl=o.adam_impl)
         self.vgg = VGGPerceptualLoss(o.vgg_weights, lambda_vgg=o.lambda_vgg).to(self.device) if o.lambda_vgg else None
         self.step = 0
         if resume is not None:
@@ -157,6 +223,11 @@ class Trainer:
                 optimizers={"generator": self.opt_g, "discriminator": self.opt_d},
             )
             self.step = info.step
+            # The saved param_groups carry the implementation flags they were saved with.
+            for optimizer in (self.opt_g, self.opt_d):
+                set_adam_impl(optimizer, o.adam_impl)
+        if t.compile:
+            compile_networks(self.generator, self.discriminator)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.generator_ddp = DistributedDataParallel(self.generator, device_ids=ids)
@@ -205,12 +276,16 @@ class Trainer:
     # ------------------------------------------------------------------ steps
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.amp)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.amp_resolved)
+
+    def _real_images(self, batch: dict) -> torch.Tensor:
+        real = batch["image"]
+        return real.contiguous(memory_format=torch.channels_last) if self.config.train.channels_last else real
 
     def generator_losses(self, batch: dict, masks: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The merger + generator losses (with their graph), the fake and the concept (both detached)."""
         o = self.config.optim
-        real = batch["image"]
+        real = self._real_images(batch)
         # The frozen discriminator is called unwrapped: no gradient sync, no parameter grads.
         d = self.discriminator
         d.requires_grad_(False)
@@ -232,11 +307,65 @@ class Trainer:
 
     def discriminator_losses(self, batch: dict, fake: torch.Tensor, concept: torch.Tensor) -> dict[str, torch.Tensor]:
         """The discriminator's losses (with their graph) on real images and the generator's fakes."""
-        real = batch["image"]
+        real = self._real_images(batch)
         with self._autocast():
             outputs = self.discriminator_ddp(torch.cat([concept, concept]), torch.cat([fake, real]))
         fake_out, real_out = split_outputs(outputs, fake.shape[0])
         return {"d_fake": hinge_loss_d_fake(fake_out), "d_real": hinge_loss_d_real(real_out)}
+
+    def one_pass_losses(self, batch: dict, masks: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Both networks' losses from one discriminator pass on ``[fake, real]`` (``--one-discriminator-pass``).
+
+        The losses are those of :meth:`generator_losses` and :meth:`discriminator_losses`, but the
+        discriminator runs once instead of twice, so its spectral norm's power iteration runs once
+        per step and both updates see the same normalised weights: the numerics differ from the
+        two-pass step. :meth:`_one_pass_update` keeps each backward to its own network.
+        """
+        o = self.config.optim
+        real = self._real_images(batch)
+        with self._autocast():
+            fake, concept = self.generator_ddp(batch["labels"], masks)
+            cond = concept.detach()
+            outputs = self.discriminator_ddp(torch.cat([cond, cond]), torch.cat([fake, real]))
+        fake_out, real_out = split_outputs(outputs, fake.shape[0])
+        g_losses = {
+            "g_gan": hinge_loss_g(fake_out),
+            "g_feat": feature_matching_loss(fake_out, real_out, lambda_feat=o.lambda_feat),
+        }
+        if self.vgg is not None and self.vgg.enabled:
+            g_losses["g_vgg"] = self.vgg(fake.float(), real.float())
+        if o.lambda_l1:
+            g_losses["g_l1"] = o.lambda_l1 * F.l1_loss(fake.float(), real.float())
+        return g_losses, {"d_fake": hinge_loss_d_fake(fake_out), "d_real": hinge_loss_d_real(real_out)}
+
+    def _one_pass_update(self, g_losses: dict[str, torch.Tensor], d_losses: dict[str, torch.Tensor]) -> None:
+        """Step both networks from :meth:`one_pass_losses`: each backward reaches only its own parameters.
+
+        With ``inputs=``, the generator losses leave the discriminator's gradients alone and the
+        discriminator losses do not reach the generator through the fake.
+        """
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        g_params = [p for p in self.generator.parameters() if p.requires_grad]
+        d_params = [p for p in self.discriminator.parameters() if p.requires_grad]
+        # The discriminator's backward needs the shared graph after the generator's has run.
+        torch.autograd.backward(sum(g_losses.values()), inputs=g_params, retain_graph=True)
+        torch.autograd.backward(sum(d_losses.values()), inputs=d_params)
+        self.opt_g.step()
+        self.opt_d.step()
+
+    def _retainable_compiled_graphs(self):
+        """With ``--compile``: compile backwards that may run with ``retain_graph=True``.
+
+        A compiled backward reuses ("donates") saved buffers, so it refuses to run twice on one
+        graph; the one-pass step runs two backwards through the discriminator's graph. Graphs
+        compile at their first forward and backward, both inside this context.
+        """
+        if not self.config.train.compile:
+            return contextlib.nullcontext()
+        from torch._functorch import config as functorch_config
+
+        return functorch_config.patch(donated_buffer=False)
 
     def train_step(self, batch: dict) -> dict[str, float]:
         """One update of merger + generator, then one of the discriminator; returns the losses.
@@ -247,14 +376,22 @@ class Trainer:
         those of the last good step.
         """
         masks = self._masks(batch)
-        g_losses, fake, concept = self.generator_losses(batch, masks)
-        d_losses = self.discriminator_losses(batch, fake, concept)
-        values = {name: float(loss.detach()) for name, loss in {**g_losses, **d_losses}.items()}
-        for name, value in values.items():
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss {name} is {value} at step {self.step + 1}; no weights were updated")
-        _update(self.opt_g, g_losses)
-        _update(self.opt_d, d_losses)
+        one_pass = self.config.train.one_discriminator_pass
+        with self._retainable_compiled_graphs() if one_pass else contextlib.nullcontext():
+            if one_pass:
+                g_losses, d_losses = self.one_pass_losses(batch, masks)
+            else:
+                g_losses, fake, concept = self.generator_losses(batch, masks)
+                d_losses = self.discriminator_losses(batch, fake, concept)
+            values = {name: float(loss.detach()) for name, loss in {**g_losses, **d_losses}.items()}
+            for name, value in values.items():
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"loss {name} is {value} at step {self.step + 1}; no weights were updated")
+            if one_pass:
+                self._one_pass_update(g_losses, d_losses)
+            else:
+                _update(self.opt_g, g_losses)
+                _update(self.opt_d, d_losses)
         return values
 
     # ------------------------------------------------------------------ outputs
