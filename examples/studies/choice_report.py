@@ -133,6 +133,13 @@ def missing_markdown(report: Mapping) -> str:
     return "\n".join(lines)
 
 
+def _clipped(s: Mapping) -> dict:
+    """A [0, 1] score's summary with its interval clipped to [0, 1] (a t-interval can pass the bounds)."""
+    if s.get("low") is None:
+        return dict(s)
+    return {**s, "low": max(0.0, s["low"]), "high": min(1.0, s["high"])}
+
+
 def fidelity_markdown(report: Mapping) -> str:
     lines = _header(report, "where the semantic class is lost")
     lines += [
@@ -144,8 +151,14 @@ def fidelity_markdown(report: Mapping) -> str:
         "| --- | --- | --- |",
     ]
     for name, entry in report["readouts"].items():
-        lines.append(f"| {name} | {_cell(entry['miou'], 100, 1)} | {_cell(entry['pixel_accuracy'], 100, 1)} |")
-    lines += ["", "Intervals: bootstrap over seeds (one read-out per trained model).", ""]
+        miou, accuracy = _clipped(entry["miou"]), _clipped(entry["pixel_accuracy"])
+        lines.append(f"| {name} | {_cell(miou, 100, 1)} | {_cell(accuracy, 100, 1)} |")
+    lines += [
+        "",
+        "Intervals: the wider of the bootstrap and the t-interval over seeds (one read-out per trained model), "
+        "shown clipped to [0, 100] (the JSON keeps them as computed).",
+        "",
+    ]
     return "\n".join(lines)
 
 
