@@ -96,7 +96,9 @@ class Session:
             entry["status"] = "not run: no time left"
             self.save()
             return
-        print(f"[{time.perf_counter() - self.started:6.0f} s] {part.name}: {part.what} (at most {box:.0f} s)", flush=True)
+        print(
+            f"[{time.perf_counter() - self.started:6.0f} s] {part.name}: {part.what} (at most {box:.0f} s)", flush=True
+        )
         start = time.perf_counter()
         try:
             entry.update(part.run(self, box, entry))
@@ -144,7 +146,9 @@ def probe_config(smoke: bool):
     from examples.studies.probe import ProbeConfig
 
     if smoke:
-        return ProbeConfig(resolution=16, train_scenes=16, test_scenes=8, steps=3, batch_size=4, dim=6, depth=1, heads=3)
+        return ProbeConfig(
+            resolution=16, train_scenes=16, test_scenes=8, steps=3, batch_size=4, dim=6, depth=1, heads=3
+        )
     # The paper's merger sizes and image size; 512 training scenes keep rendering under half a minute.
     return replace(ProbeConfig(), resolution=256, train_scenes=512, test_scenes=128, dim=96, depth=3, heads=3)
 
@@ -155,11 +159,15 @@ def part_probe(session: Session, box: float, entry: dict) -> dict:
     from examples.training.builders import HELD_OUT_SEED_OFFSET
 
     deadline = time.perf_counter() + box
-    config = replace(probe_config(session.args.smoke), steps=session.args.probe_steps or probe_config(session.args.smoke).steps)
+    config = replace(
+        probe_config(session.args.smoke), steps=session.args.probe_steps or probe_config(session.args.smoke).steps
+    )
     workers = 0 if session.args.smoke else max(1, (os.cpu_count() or 2) - 1)
     t0 = time.perf_counter()
     train = render_scenes(config.train_scenes, config.resolution, config.scene_seed, workers=workers)
-    test = render_scenes(config.test_scenes, config.resolution, config.scene_seed + HELD_OUT_SEED_OFFSET, workers=workers)
+    test = render_scenes(
+        config.test_scenes, config.resolution, config.scene_seed + HELD_OUT_SEED_OFFSET, workers=workers
+    )
     entry.update(config=config.to_dict(), render_seconds=round(time.perf_counter() - t0, 1), autocast="bfloat16")
     sst = total_variance(test.images)
     train, test = train.to(session.device), test.to(session.device)
@@ -288,8 +296,12 @@ def part_asap(session: Session, box: float, entry: dict) -> dict:
             times.append(time.perf_counter() - start)
         steady = times[len(times) // 5 :] or times  # the first steps compile and warm up
         return {
-            "config": {"model": config.model.__dict__, "batch_size": config.train.batch_size,
-                       "resolution": config.data.resolution, "amp": config.train.amp},  # fmt: skip
+            "config": {
+                "model": config.model.__dict__,
+                "batch_size": config.train.batch_size,
+                "resolution": config.data.resolution,
+                "amp": config.train.amp,
+            },  # fmt: skip
             "steps_timed": len(times),
             "first_step_seconds": times[0] if times else None,
             "median_step_seconds": statistics.median(steady) if steady else None,
@@ -317,12 +329,16 @@ PARTS = (
     Part("probe", "merger probe at 256x256, width 96, 3 blocks, 3 heads: 6 rows x 5 seeds", 330, part_probe),
     Part("bench", "bench_merger.py at 8x256x512: eager, torch.compile, fused", 90, part_bench),
     Part("asap", "paper-size ASAP-Net + TLAM: 300 training steps, step time and peak memory", 75, part_asap),
-    Part("cuda_check", "cuda_check.py --skip-bench: pytest -m gpu, every parity case, determinism", 300, part_cuda_check),
+    Part(
+        "cuda_check", "cuda_check.py --skip-bench: pytest -m gpu, every parity case, determinism", 300, part_cuda_check
+    ),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--budget", type=float, default=540, help="seconds for the whole session (one 10-minute call)")
     p.add_argument("--parts", nargs="+", choices=[part.name for part in PARTS], help="parts to run (default: all)")
     p.add_argument("--probe-seeds", type=int, help="seeds of the paper-size probe (default 5; 2 with --smoke)")
@@ -345,7 +361,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit("gpu_session.py needs a CUDA GPU and none is visible to PyTorch; see --dry-run or --smoke")
     sys.path.insert(0, str(ROOT / "benchmarks"))  # cuda_check imports bench_merger as a sibling module
     session = Session(args)
-    print(f"gpu_session on {session.report['machine'].get('cuda_device') or session.report['machine']['cpu']}", flush=True)
+    print(
+        f"gpu_session on {session.report['machine'].get('cuda_device') or session.report['machine']['cpu']}", flush=True
+    )
     for part in parts:
         session.run_part(part)
     print(f"wrote {session.path} after {time.perf_counter() - session.started:.0f} s", flush=True)

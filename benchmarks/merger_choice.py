@@ -112,7 +112,9 @@ def width_rows() -> list[ProbeRow]:
     rows.append(_row("naive-sparse-long", "naive", True, steps=LONG_STEPS))
     for merger, width in itertools.product(("clam", "tlam"), LONG_WIDTHS):
         suffix = "" if width == 16 else f"-w{width}"
-        rows.append(_row(f"{merger}{suffix}-sparse-long", merger, True, dim=None if width == 16 else width, steps=LONG_STEPS))
+        rows.append(
+            _row(f"{merger}{suffix}-sparse-long", merger, True, dim=None if width == 16 else width, steps=LONG_STEPS)
+        )
     return rows
 
 
@@ -349,7 +351,9 @@ class Study:
         scores = {}
         for row in rows:
             masks = self.evaluator.masks(self.config.sparsity if row.sparse else 0.0)
-            scores[row.name] = {s: self.evaluator.explained(self.model(row, s), masks) for s in self.completed(row, seeds)}
+            scores[row.name] = {
+                s: self.evaluator.explained(self.model(row, s), masks) for s in self.completed(row, seeds)
+            }
         return scores
 
     def ladder(self) -> dict:
@@ -418,7 +422,9 @@ class Study:
         for row in tqdm(rows, desc="fidelity: read-outs", disable=not self.progress):
             for seed in self.completed(row, seeds):
                 for where, scores in class_readout(self.model(row, seed).merger, fit, test).items():
-                    results.setdefault(f"{row.name}: {where}", {}).setdefault("runs", []).append({"seed": seed, **scores})
+                    results.setdefault(f"{row.name}: {where}", {}).setdefault("runs", []).append(
+                        {"seed": seed, **scores}
+                    )
         for entry in results.values():
             for metric in ("miou", "pixel_accuracy"):
                 entry[metric] = summary({run["seed"]: np.array([run[metric]]) for run in entry["runs"]})

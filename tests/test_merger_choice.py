@@ -33,7 +33,9 @@ def test_raw_rows_see_unnormalised_labels():
     raw = raw_specs(scenes.specs)
     assert raw["depth"].shift is None and raw["depth"].scale is None
     assert scenes.specs["depth"].shift is not None and raw["semantic"] == scenes.specs["semantic"]
-    model = build_probe(ProbeRow("x", "naive", False, normalize=False, include_masks=False), scenes.specs, ProbeConfig())
+    model = build_probe(
+        ProbeRow("x", "naive", False, normalize=False, include_masks=False), scenes.specs, ProbeConfig()
+    )
     concept = model.merger(scenes.labels, scenes.masks)
     depth_channel = scenes.specs["semantic"].channels  # one-hot classes first, then depth
     torch.testing.assert_close(concept[:, depth_channel], scenes.labels["depth"][:, 0])

@@ -74,7 +74,9 @@ def _rows_table(rows: Mapping, settings: Mapping) -> list[str]:
         merger = row["merger"] + (f" ({', '.join(options)})" if options else "")
         steps = row["steps"] or "400"
         seeds = ",".join(map(str, s["seeds"]))
-        lines.append(f"| {name} | {merger} | {width} | {steps} | {_cell(s, digits=4)} | {s['seed_std']:.4f} | {seeds} |")
+        lines.append(
+            f"| {name} | {merger} | {width} | {steps} | {_cell(s, digits=4)} | {s['seed_std']:.4f} | {seeds} |"
+        )
     return lines + [""]
 
 
@@ -212,7 +214,9 @@ def width_plot(report: Mapping, path: Path) -> None:
                 points.sort(key=lambda p: p[0])
                 _errorbar(ax, [p[0] for p in points], [p[1] for p in points], color=color, label=merger.upper())
         ax.set_xscale("log", base=2)
-        widths = sorted({settings[n]["dim"] or 16 for n in rows if n.endswith(f"-{regime}") and settings[n]["merger"] != "naive"})
+        widths = sorted(
+            {settings[n]["dim"] or 16 for n in rows if n.endswith(f"-{regime}") and settings[n]["merger"] != "naive"}
+        )
         ax.set_xticks(widths, [str(w) for w in widths])
         ax.minorticks_off()
         ax.set_xlabel("merger width")

@@ -39,6 +39,7 @@ __all__ = [
 # Seed offset of the whole-label dropout draws (distinct from the region dropout's seeds).
 LABEL_DROPOUT_STREAM = 7_919 * 1_000_003
 
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """Every setting of the probe; the same for every row, fixed before any run.
@@ -155,7 +156,6 @@ class SceneTensors:
             self.regions[index],
             self.specs,
         )
-
 
     def to(self, device: torch.device | str) -> SceneTensors:
         """The scenes on ``device``."""
