@@ -35,6 +35,7 @@ SCRIPTS = [
     "benchmarks/merger_choice.py",
     "benchmarks/gpu_session.py",
     "benchmarks/rerender_reports.py",
+    "benchmarks/bench_train_step.py",
 ]
 
 

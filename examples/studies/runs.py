@@ -119,14 +119,20 @@ def run_config(
 _FREE = {("train", "steps"), ("train", "out"), ("train", "device"), ("data", "workers"), ("data", "cache_dir")}
 
 
+# What a run fills in when it starts (what ``amp`` became on its machine): a configuration that
+# has not started yet leaves them unset, and they are no difference then.
+_RESOLVED_AT_START = {("train", "amp_resolved"), ("train", "amp_reason")}
+
+
 def _differences(saved: dict, config: RunConfig) -> list[str]:
     wanted = config.to_dict()
     found = RunConfig.from_dict(saved).to_dict()
+    free = _FREE | (_RESOLVED_AT_START if config.train.amp_resolved is None else set())
     return [
         f"{section}.{key}: {found[section][key]!r} there, {value!r} here"
         for section, values in wanted.items()
         for key, value in values.items()
-        if (section, key) not in _FREE and found[section][key] != value
+        if (section, key) not in free and found[section][key] != value
     ]
 
 
