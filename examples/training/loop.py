@@ -284,7 +284,6 @@ class Trainer:
 
     def generator_losses(self, batch: dict, masks: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The merger + generator losses (with their graph), the fake and the concept (both detached)."""
-        o = self.config.optim
         real = self._real_images(batch)
         # The frozen discriminator is called unwrapped: no gradient sync, no parameter grads.
         d = self.discriminator
@@ -295,6 +294,11 @@ class Trainer:
             outputs = d(torch.cat([cond, cond]), torch.cat([fake, real]))
         d.requires_grad_(True)
         fake_out, real_out = split_outputs(outputs, fake.shape[0])
+        return self._generator_terms(fake_out, real_out, fake, real), fake.detach(), concept.detach()
+
+    def _generator_terms(self, fake_out: list, real_out: list, fake: torch.Tensor, real: torch.Tensor) -> dict:
+        """The generator's loss terms from the discriminator's outputs on fakes and reals, and the images."""
+        o = self.config.optim
         losses = {
             "g_gan": hinge_loss_g(fake_out),
             "g_feat": feature_matching_loss(fake_out, real_out, lambda_feat=o.lambda_feat),
@@ -303,7 +307,7 @@ class Trainer:
             losses["g_vgg"] = self.vgg(fake.float(), real.float())
         if o.lambda_l1:
             losses["g_l1"] = o.lambda_l1 * F.l1_loss(fake.float(), real.float())
-        return losses, fake.detach(), concept.detach()
+        return losses
 
     def discriminator_losses(self, batch: dict, fake: torch.Tensor, concept: torch.Tensor) -> dict[str, torch.Tensor]:
         """The discriminator's losses (with their graph) on real images and the generator's fakes."""
@@ -321,21 +325,13 @@ class Trainer:
         per step and both updates see the same normalised weights: the numerics differ from the
         two-pass step. :meth:`_one_pass_update` keeps each backward to its own network.
         """
-        o = self.config.optim
         real = self._real_images(batch)
         with self._autocast():
             fake, concept = self.generator_ddp(batch["labels"], masks)
             cond = concept.detach()
             outputs = self.discriminator_ddp(torch.cat([cond, cond]), torch.cat([fake, real]))
         fake_out, real_out = split_outputs(outputs, fake.shape[0])
-        g_losses = {
-            "g_gan": hinge_loss_g(fake_out),
-            "g_feat": feature_matching_loss(fake_out, real_out, lambda_feat=o.lambda_feat),
-        }
-        if self.vgg is not None and self.vgg.enabled:
-            g_losses["g_vgg"] = self.vgg(fake.float(), real.float())
-        if o.lambda_l1:
-            g_losses["g_l1"] = o.lambda_l1 * F.l1_loss(fake.float(), real.float())
+        g_losses = self._generator_terms(fake_out, real_out, fake, real)
         return g_losses, {"d_fake": hinge_loss_d_fake(fake_out), "d_real": hinge_loss_d_real(real_out)}
 
     def _one_pass_update(self, g_losses: dict[str, torch.Tensor], d_losses: dict[str, torch.Tensor]) -> None:
