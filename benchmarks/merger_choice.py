@@ -416,7 +416,7 @@ class Study:
 
         seeds = self.seeds("fidelity")
         rows = self.complete(fidelity_rows(), seeds)
-        fit = render_scenes(min(128, self.config.train_scenes), self.config.resolution, self.config.scene_seed)
+        fit = self.train.take(torch.arange(min(128, len(self.train))))  # the first training scenes, already rendered
         test = self.evaluator.test
         results: dict[str, dict[str, list[dict]]] = {}
         for row in tqdm(rows, desc="fidelity: read-outs", disable=not self.progress):
