@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
-from examples.studies.editing import remove_labels
+from examples.studies.editing import label_size, remove_labels
 
 __all__ = [
     "Labels",
@@ -40,15 +40,6 @@ Masks = dict[str, torch.Tensor]
 MIN_DEPTH = 0.05  # metres: pulling a region forward never puts it behind the camera
 
 
-def _size(labels: Mapping[str, torch.Tensor]) -> tuple[int, int]:
-    if not labels:
-        raise ValueError("there are no labels to edit")
-    sizes = {tuple(value.shape[-2:]) for value in labels.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"the labels differ in size: {sorted(sizes)}")
-    return sizes.pop()
-
-
 def _check_region(region: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if not isinstance(region, torch.Tensor) or region.dtype != torch.bool or tuple(region.shape) != size:
         got = f"{region.dtype} {tuple(region.shape)}" if isinstance(region, torch.Tensor) else type(region).__name__
@@ -63,7 +54,7 @@ def _check_name(labels: Mapping[str, torch.Tensor], name: str) -> None:
 
 def _copy(labels: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> tuple[Labels, Masks]:
     """Shallow copies of both dicts, with a mask for every label (missing masks: present everywhere)."""
-    size = _size(labels)
+    size = label_size(labels)
     new_masks = {}
     for name in labels:
         mask = masks.get(name)
@@ -101,7 +92,7 @@ def erase(labels: Mapping, masks: Mapping, name: str, region: torch.Tensor) -> t
     """
     labels, masks = _copy(labels, masks)
     _check_name(labels, name)
-    region = _check_region(region, _size(labels))
+    region = _check_region(region, label_size(labels))
     masks[name] = masks[name] & ~region
     return labels, masks
 
@@ -130,14 +121,14 @@ def restore(
     """
     labels, masks = _copy(labels, masks)
     _check_name(labels, name)
-    size = _size(labels)
+    size = label_size(labels)
     region = _check_region(region, size)
     if name not in original_labels:
         raise ValueError(f"the original scene has no label {name!r} to restore")
     original_mask = {name: original_masks[name]} if name in original_masks else {}
     original, original_present = _copy({name: original_labels[name]}, original_mask)
-    if _size(original) != size:
-        raise ValueError(f"the original scene is {_size(original)}, the edited one {size}")
+    if label_size(original) != size:
+        raise ValueError(f"the original scene is {label_size(original)}, the edited one {size}")
     value = labels[name]
     labels[name] = torch.where(region.expand_as(value), original[name].to(value.dtype), value)
     masks[name] = torch.where(region, original_present[name], masks[name])
@@ -160,7 +151,7 @@ def paint_class(
     """
     labels, masks = _copy(labels, masks)
     _check_name(labels, name)
-    region = _check_region(region, _size(labels))
+    region = _check_region(region, label_size(labels))
     value = labels[name]
     if value.dim() != 2 or value.dtype.is_floating_point:
         raise ValueError(
@@ -189,7 +180,7 @@ def shift_depth(
     """
     labels, masks = _copy(labels, masks)
     _check_name(labels, name)
-    region = _check_region(region, _size(labels))
+    region = _check_region(region, label_size(labels))
     value = labels[name]
     if not value.dtype.is_floating_point:
         raise ValueError(f"shift_depth needs a continuous label; {name!r} is {value.dtype}")
@@ -230,7 +221,7 @@ def object_mask(point: tuple[int, int], *, regions: torch.Tensor | None, semanti
 def remove_object(labels: Mapping, masks: Mapping, region: torch.Tensor) -> tuple[Labels, Masks]:
     """Every label becomes missing inside ``region``, values zeroed (as ``examples/edit.py remove``)."""
     labels, masks = _copy(labels, masks)
-    return remove_labels(labels, masks, _check_region(region, _size(labels)))
+    return remove_labels(labels, masks, _check_region(region, label_size(labels)))
 
 
 def drop_label(labels: Mapping, masks: Mapping, name: str) -> tuple[Labels, Masks]:

@@ -25,7 +25,8 @@ import torch
 from examples.datasets.procedural import CLASS_IDS, Box, Cylinder, Sphere
 from examples.datasets.procedural.edges import edge_components
 
-from .label_edits import Labels, Masks, _copy, _size
+from .label_edits import Labels, Masks, _copy
+from .studies.editing import label_size
 
 __all__ = ["PRIMITIVES", "CameraPose", "default_camera", "insert_primitive"]
 
@@ -127,7 +128,7 @@ def insert_primitive(
     if not (isinstance(size, int | float) and size > 0):
         raise ValueError(f"size must be a positive number of metres, got {size!r}")
     labels, masks = _copy(labels, masks)
-    H, W = _size(labels)
+    H, W = label_size(labels)
     row, col = point
     if not (0 <= row < H and 0 <= col < W):
         raise ValueError(f"point {point} lies outside the {H}x{W} image")

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["region_mask", "object_regions", "remove_labels", "paste_labels", "shift"]
+__all__ = ["label_size", "region_mask", "object_regions", "remove_labels", "paste_labels", "shift"]
 
 
 def region_mask(regions: torch.Tensor, region_id: int) -> torch.Tensor:
@@ -68,7 +68,8 @@ def _check_mask(mask: torch.Tensor, size: tuple[int, int], what: str) -> torch.T
     return mask
 
 
-def _size(labels: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+def label_size(labels: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """The common ``(H, W)`` of a labels dict; ValueError when it is empty or the sizes differ."""
     if not labels:
         raise ValueError("there are no labels to edit")
     sizes = {tuple(value.shape[-2:]) for value in labels.values()}
@@ -103,7 +104,7 @@ def remove_labels(
         >>> masks["depth"].tolist()
         [[False, True], [True, True]]
     """
-    size = _size(labels)
+    size = label_size(labels)
     mask = _check_mask(mask, size, "the removal mask")
     new_labels, new_masks = {}, {}
     for name, value in labels.items():
@@ -170,7 +171,7 @@ def paste_labels(
         >>> labels["depth"][0].tolist(), where.tolist()
         ([[0.0, 0.0], [0.0, 1.0]], [[False, False], [False, True]])
     """
-    size, source_size = _size(labels), _size(source_labels)
+    size, source_size = label_size(labels), label_size(source_labels)
     if size != source_size:
         raise ValueError(f"the source scene is {source_size[0]}x{source_size[1]}, the target {size[0]}x{size[1]}")
     source_mask = _check_mask(source_mask, size, "the object mask")
