@@ -62,10 +62,11 @@ from examples.studies.environment import configure_cpu, machine_info, utc_now, w
 from examples.studies.probe import (  # noqa: E402
     ProbeConfig,
     ProbeRow,
-    build_probe,
     evaluate_probe,
+    load_probe,
     probe_masks,
     render_scenes,
+    save_probe,
     total_variance,
     train_probe,
 )
@@ -179,18 +180,8 @@ def run_path(work_dir: Path, row: ProbeRow, seed: int, config: ProbeConfig) -> P
     return work_dir / row.name / f"seed{seed}-{digest}.safetensors"
 
 
-def load_run(path: Path, row: ProbeRow, specs, config: ProbeConfig):
-    from safetensors.torch import load_file
-
-    model = build_probe(row, specs, config)
-    model.load_state_dict(load_file(path))
-    return model.eval()
-
-
 def train_run(path: Path, row: ProbeRow, seed: int, train, config: ProbeConfig) -> bool:
     """Train and save one run unless it exists or another process has claimed it; True if trained."""
-    from safetensors.torch import save_file
-
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,10 +194,7 @@ def train_run(path: Path, row: ProbeRow, seed: int, train, config: ProbeConfig) 
     os.close(fd)
     try:
         started = time.perf_counter()
-        model = train_probe(row, train, config, seed=seed)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-        tmp.replace(path)  # atomic: a killed run never leaves a half-written model
+        save_probe(train_probe(row, train, config, seed=seed), path)
         path.with_suffix(".json").write_text(json.dumps({"train_seconds": time.perf_counter() - started}))
     finally:
         claim.unlink(missing_ok=True)
@@ -321,7 +309,7 @@ class Study:
 
     def model(self, row: ProbeRow, seed: int):
         path = self.path(row, seed)
-        return load_run(path, self.row(row), self.train.specs, self.config) if path.exists() else None
+        return load_probe(path, self.row(row), self.train.specs, self.config).eval() if path.exists() else None
 
     def train_all(self) -> int:
         jobs = [(row, seed) for row, seed in all_jobs() if not self.args.smoke or seed in self.seeds("ladder")]

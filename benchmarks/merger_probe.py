@@ -40,10 +40,11 @@ from examples.studies.environment import configure_cpu, machine_info, utc_now, w
 from examples.studies.probe import (  # noqa: E402
     ROWS,
     ProbeConfig,
-    build_probe,
     evaluate_probe,
+    load_probe,
     probe_masks,
     render_scenes,
+    save_probe,
     total_variance,
     train_probe,
 )
@@ -96,18 +97,11 @@ def explained(row: dict) -> np.ndarray:
 
 def cached_run(row, train, config: ProbeConfig, *, seed: int, folder: Path):
     """Train one run, or load it from ``folder`` when an earlier run with the same settings saved it."""
-    from safetensors.torch import load_file, save_file
-
     path = folder / row.name / f"seed{seed}.safetensors"
     if path.exists():
-        model = build_probe(row, train.specs, config)
-        model.load_state_dict(load_file(path))
-        return model
+        return load_probe(path, row, train.specs, config)
     model = train_probe(row, train, config, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written model behind
+    save_probe(model, path)
     return model
 
 

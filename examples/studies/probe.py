@@ -32,6 +32,8 @@ __all__ = [
     "build_probe",
     "train_probe",
     "evaluate_probe",
+    "save_probe",
+    "load_probe",
     "probe_masks",
 ]
 
@@ -281,6 +283,25 @@ def train_probe(
         optimiser.step()
         if on_step is not None:
             on_step(step, float(loss))
+    return model
+
+
+def save_probe(model: Probe, path) -> None:
+    """Write a trained probe's weights to ``path`` (safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written model behind
+
+
+def load_probe(path, row: ProbeRow, specs: Mapping[str, LabelSpec], config: ProbeConfig) -> Probe:
+    """The row's probe with the weights :func:`save_probe` wrote to ``path``."""
+    from safetensors.torch import load_file
+
+    model = build_probe(row, specs, config)
+    model.load_state_dict(load_file(path))
     return model
 
 
