@@ -59,7 +59,8 @@ def tiny_vae():
     )
 
 
-def tiny_pipeline_unet(*, sdxl: bool):
+def tiny_unet(sample_size: int = 8, *, sdxl: bool = False):
+    """A two-level UNet on 4-channel latents, small enough for CPU tests (SDXL: with size ids)."""
     from diffusers import UNet2DConditionModel
 
     extra = {}
@@ -71,7 +72,7 @@ def tiny_pipeline_unet(*, sdxl: bool):
             "transformer_layers_per_block": 1,
         }
     return UNet2DConditionModel(
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=(8, 16),
@@ -106,7 +107,7 @@ def tiny_pipeline(folder: Path, *, sdxl: bool = False, prediction_type: str = "e
     torch.manual_seed(0)
     tokenizer = clip_tokenizer(folder / "tokenizer")
     text_encoder = CLIPTextModel(clip_text_config(len(tokenizer)))
-    unet = tiny_pipeline_unet(sdxl=sdxl)
+    unet = tiny_unet(sdxl=sdxl)
     controlnet = TLAMControlNetModel.from_unet(
         unet, SPECS, merger_dim=12, merger_depth=1, label_downscale_factor=2, conditioning_embedding_out_channels=(4, 4)
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers_pipelines import tiny_unet
 from helpers import SPECS, make_labels, make_masks
 
 from label_merge import pack_labels
@@ -42,24 +43,6 @@ def lm_diffusers():
     import label_merge.diffusers as module
 
     return module
-
-
-def tiny_unet(sample_size: int):
-    """A two-level UNet on 4-channel latents, small enough for CPU tests."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=8,
-        attention_head_dim=2,
-    )
 
 
 @pytest.fixture(scope="module")
