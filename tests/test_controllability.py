@@ -36,13 +36,7 @@ from examples.metrics.estimator_training import (
 CLASSES = SyntheticDataset(1).num_classes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (two threads thrash on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def constant(**predictions):

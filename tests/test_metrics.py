@@ -520,15 +520,6 @@ def color_dataset(num: int, size: int = 16, seed: int = 0) -> list[dict]:
     return samples
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_small_segmenter_trains_with_decreasing_loss_and_round_trips(tmp_path, one_thread):
     result = train_segmenter(
         color_dataset(16, size=12), num_classes=4, steps=30, ignore_index=0, width=8, depth=2, batch_size=4, lr=5e-3

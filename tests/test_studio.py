@@ -37,13 +37,7 @@ def train_tiny(folder, **model):
     return folder / "run"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As examples/studio.py does: two threads crawl on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
