@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
@@ -159,9 +160,9 @@ def part_probe(session: Session, box: float, entry: dict) -> dict:
     from examples.training.builders import HELD_OUT_SEED_OFFSET
 
     deadline = time.perf_counter() + box
-    config = replace(
-        probe_config(session.args.smoke), steps=session.args.probe_steps or probe_config(session.args.smoke).steps
-    )
+    config = probe_config(session.args.smoke)
+    if session.args.probe_steps:
+        config = replace(config, steps=session.args.probe_steps)
     workers = 0 if session.args.smoke else max(1, (os.cpu_count() or 2) - 1)
     t0 = time.perf_counter()
     train = render_scenes(config.train_scenes, config.resolution, config.scene_seed, workers=workers)
@@ -231,8 +232,6 @@ def part_bench(session: Session, box: float, entry: dict) -> dict:
             args = ["--device", "cpu", "--variants", "eager", "--cases", "1x8x8", "--warmup", "0", "--repeats", "1"]
         command = [sys.executable, str(ROOT / "benchmarks" / "bench_merger.py"), *args, "--out", str(out)]
         done = _run(command, box)
-        import json
-
         payload = json.loads(out.read_text()) if out.exists() else {}
     return {"command": " ".join(command[1:]), **done, "payload": payload, "status": "done" if payload else "no result"}
 

@@ -58,7 +58,8 @@ def rerender(path: Path) -> bool:
     """Rewrite ``path`` and its ``.md`` beside it; False when it is not a report this script knows."""
     report = json.loads(path.read_text())
     kind = str(report.get("benchmark", "")).split(" ")[0]
-    if kind not in RENDERERS or "rows" not in report and "models" not in report:
+    has_runs = "rows" in report or "models" in report  # a report with its per-seed numbers
+    if kind not in RENDERERS or not has_runs:
         return False
     markdown = RENDERERS[kind](report)
     write_json(path, report)
