@@ -3,8 +3,8 @@
 The timed unit is ``Trainer.train_step`` (merger + generator update, then discriminator update)
 on batches rendered before timing starts, so scene rendering is not timed. Two settings:
 
-- ``demo``: the README's main job, ``python examples/train_asap_tlam.py`` (64x64, batch 8, the
-  demo's network sizes), on 2 threads;
+- ``demo``: the README's main job, ``python examples/train_asap_tlam.py`` (64x64, the demo's
+  batch and network sizes), on 2 threads;
 - ``study``: the studies' CPU budgets (32x32, batch 8, the ``cpu-hour``/``cpu-2h`` network
   sizes and losses), on 1 thread as the studies run;
 
@@ -96,8 +96,9 @@ def settings(smoke: bool) -> list[Setting]:
     if smoke:
         tiny = BUDGETS["smoke"].model
         return [Setting("demo", 32, 2, 2, tiny, 10.0), Setting("study", 32, 2, 1, tiny, 10.0)]
+    demo = PRESETS["demo"]
     return [
-        Setting("demo", 64, 8, 2, PRESETS["demo"].model, PRESETS["demo"].optim.lambda_l1),
+        Setting("demo", 64, demo.train.batch_size, 2, demo.model, demo.optim.lambda_l1),
         Setting("study", study.resolution, study.batch_size, 1, study.model, study.lambda_l1),
     ]
 

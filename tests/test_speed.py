@@ -259,3 +259,18 @@ def test_compiled_networks_train_in_one_discriminator_pass(tmp_path):
     config = replace(config, model=replace(config.model, generator="spade"))
     losses = steps_of(Trainer(config, progress=False), 2)
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in losses)
+
+
+def test_main_job_time_reads_the_jobs_own_log_and_estimates_400_steps():
+    from benchmarks.main_job_time import ISAS, estimate_job, run_case, summarise
+
+    flags = ["--resolution", "8", "--batch-size", "1", "--train-samples", "4", "--val-samples", "4"]
+    flags += ["--sample-every", "1000", "--checkpoint-every", "1000"]
+    run = run_case(flags, ISAS["avx2"], steps=75, threads=1, extra=[])
+    assert [step for step, _ in run["logged"]] == [25, 50, 75]  # cumulative seconds from metrics.jsonl
+    assert len(run["intervals_s_per_step"]) == 2 and run["steady_step_s"] > 0
+    assert 0 < run["startup_s"] < run["wall_s"]
+    assert estimate_job(run) == pytest.approx(run["startup_s"] + run["first_interval_s"] + 375 * run["steady_step_s"])
+    half = {**run, "steady_step_s": run["steady_step_s"] / 2}
+    rows = summarise([{"case": "big", "isa": "x", **run}, {"case": "small", "isa": "x", **half}], "big")
+    assert rows[0]["ratio_to_default"] == 1.0 and rows[1]["ratio_to_default"] < 1.0

@@ -51,6 +51,11 @@ class ModelConfig:
     depth: int = 2  # transformer blocks (TLAM) or d->d blocks (CLAM) (paper: 3)
     heads: int = 2  # TLAM heads (paper: 3)
     drop: str = "zero"  # missing-label rule: "zero" (paper) or "exclude"
+    # The baseline ladder of the studies. normalize_labels False feeds continuous labels to the
+    # merger as they are (the paper's naive baseline normalises nothing); naive_presence False
+    # leaves out NaiveConcat's presence channels (the paper's naive concatenates the labels only).
+    normalize_labels: bool = True
+    naive_presence: bool = True
     # ASAP-Net low-resolution stream and per-pixel MLPs (paper: 64, 1024, 7, 64, 5)
     asap_lr_width: int = 32
     asap_lr_max_width: int = 128
@@ -136,8 +141,9 @@ class RunConfig:
 # "demo" trains in minutes on a laptop CPU; "paper" is the paper's configuration (Sec. 4,
 # supplementary B) with ASAP-Net's and SPADE's published sizes.
 PRESETS = {
-    # A pixel L1 loss stands in for the perceptual loss, whose VGG19 weights cannot ship.
-    "demo": RunConfig(optim=OptimConfig(lambda_l1=10.0)),
+    # A pixel L1 loss stands in for the perceptual loss, whose VGG19 weights cannot ship. Batch 4
+    # keeps the 400 steps under 8 minutes on 2 AVX2-only cores (benchmarks/main_job_time.py).
+    "demo": RunConfig(optim=OptimConfig(lambda_l1=10.0), train=TrainConfig(batch_size=4)),
     "paper": RunConfig(
         data=DataConfig(resolution=256),
         model=ModelConfig(
@@ -173,6 +179,8 @@ _FIELD_FLAGS = {
     "depth": ("model", "depth"),
     "heads": ("model", "heads"),
     "drop": ("model", "drop"),
+    "normalize_labels": ("model", "normalize_labels"),
+    "presence_channels": ("model", "naive_presence"),
     "asap_init": ("model", "asap_init"),
     "lr_g": ("optim", "lr_g"),
     "lr_d": ("optim", "lr_d"),
@@ -278,6 +286,8 @@ _CHOICES = {
     ("model", "generator"): GENERATORS,
     ("model", "drop"): ("zero", "exclude"),
     ("model", "asap_init"): ("hyper", "asap"),
+    ("model", "normalize_labels"): (True, False),
+    ("model", "naive_presence"): (True, False),
     ("optim", "adam_impl"): ADAM_IMPLS,
     ("train", "amp"): (True, False, "auto"),
     ("train", "amp_resolved"): (None, True, False),
@@ -331,6 +341,8 @@ def check_config(config: RunConfig) -> None:
     m = config.model
     if m.merger == "tlam" and m.dim % m.heads:
         raise ValueError(f"--dim {m.dim} must be divisible by --heads {m.heads} (TLAM splits the width across heads)")
+    if not m.naive_presence and m.merger != "naive":
+        raise ValueError(f"--no-presence-channels applies to --merger naive only, not {m.merger!r}")
 
 
 def _parsed(bounds: Bounds):
@@ -388,6 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heads", type=_type("heads"), help="TLAM attention heads")
     g.add_argument("--drop", choices=("zero", "exclude"), help="how missing labels are dropped")
     g.add_argument("--asap-init", choices=("hyper", "asap"), help="ASAP-Net initialisation (see docs/training.md)")
+    g.add_argument(
+        "--normalize-labels",
+        action=argparse.BooleanOptionalAction,
+        help="normalise continuous labels with their specs' shift and scale (default); --no-normalize-labels "
+        "feeds them as they are, as the paper's naive baseline does",
+    )
+    g.add_argument(
+        "--presence-channels",
+        action=argparse.BooleanOptionalAction,
+        help="naive merger: append one presence channel per label (default); --no-presence-channels is the "
+        "paper's naive concatenation",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr-g", type=_type("lr_g"), help="generator (and merger) learning rate")
     g.add_argument("--lr-d", type=_type("lr_d"), help="discriminator learning rate")
