@@ -48,7 +48,7 @@ from examples.studies.environment import (  # noqa: E402
 )
 from examples.studies.plots import plot_convergence  # noqa: E402
 from examples.studies.report import quality_claims, quality_markdown, quality_rows  # noqa: E402
-from examples.studies.runs import TABLE1, VARIANTS  # noqa: E402
+from examples.studies.runs import TABLE1  # noqa: E402
 from examples.studies.scoring import fid_weights_from  # noqa: E402
 from examples.studies.study import Study, resolve_folder  # noqa: E402
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--budget", default="cpu-2h", help=f"one of {sorted(BUDGETS)}, or a number of training steps")
-    p.add_argument("--rows", nargs="+", choices=list(VARIANTS), help="rows to run (default: all of Table 1)")
+    p.add_argument("--rows", nargs="+", choices=[v.name for v in TABLE1], help="rows to run (default: all of Table 1)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the budget's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads (default: the budget's; 1 for the CPU budgets)")
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         "averaged_steps": budget.averaged_steps(),
         "floor": study.floor(),
         "reference": {key: first.get(key) for key in ("segmenter_on_real_miou", "segmenter_on_real_pixel_accuracy")},
-        "perceptual_loss": _perceptual(rows, budget.lambda_vgg),
+        "perceptual_loss": perceptual_state(rows, budget.lambda_vgg),
         "rows": rows,
         "claims": quality_claims(rows),
         "machine": machine_info(study.device),
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _perceptual(rows: list[dict], weight: float) -> str:
+def perceptual_state(rows: list[dict], weight: float) -> str:
     if not weight:
         return "off in this budget"
     states = {run["perceptual_loss"] for row in rows for run in row["runs"]}

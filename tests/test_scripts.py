@@ -36,6 +36,8 @@ SCRIPTS = [
     "benchmarks/gpu_session.py",
     "benchmarks/rerender_reports.py",
     "benchmarks/bench_train_step.py",
+    "benchmarks/main_job_time.py",
+    "benchmarks/quality_ladder.py",
 ]
 
 

@@ -28,7 +28,7 @@ from examples.studies.budgets import BUDGETS, resolve_budget
 from examples.studies.conditions import LabelCondition, apply_condition
 from examples.studies.editing import object_regions, paste_labels, remove_labels, shift
 from examples.studies.report import averaged, quality_claims, quality_rows
-from examples.studies.runs import TABLE1, VARIANTS, run_config, train_and_measure
+from examples.studies.runs import LADDER, TABLE1, VARIANTS, run_config, train_and_measure
 from examples.studies.scoring import BUILTIN_SCENE_METRICS, Scorer, evaluate_generator
 from examples.studies.statistics import UNDECIDED, bootstrap_mean, compare, verdict
 from examples.training.builders import restore_generator
@@ -123,6 +123,65 @@ def test_quality_resumes_without_training_again(quality):
 def test_quality_refuses_a_bad_budget():
     done = script("benchmarks/quality.py", "--budget", "huge")
     assert done.returncode != 0 and "--budget must be one of" in done.stderr
+
+
+# ---------------------------------------------------------------- quality_ladder.py
+
+
+def ladder_args(quality, *extra):
+    args = ["benchmarks/quality_ladder.py", "--budget", "smoke", "--no-progress"]
+    for name in ("work", "cache", "results"):
+        args += [f"--{name}-dir", quality[name]]
+    return [*args, *extra]
+
+
+def test_ladder_trains_its_rungs_and_reads_table1_rows_from_the_quality_study(quality):
+    ok(*ladder_args(quality))
+    report = json.loads((quality["results"] / "quality_ladder_smoke.json").read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names == [v.name for v in LADDER] + ["asap-naive", "asap-tlam-dense", "asap-tlam-sparse"]
+    assert report["reference_rows"]["source"].startswith("read from quality_smoke.json")
+    table1 = json.loads((quality["results"] / "quality_smoke.json").read_text())
+    assert report["rows"][-1] == next(row for row in table1["rows"] if row["name"] == "asap-tlam-sparse")
+    # each rung's configuration is what its name says
+    saved = {
+        name: json.loads((quality["work"] / "smoke" / name / "seed0" / "study_evaluations.json").read_text())["config"]
+        for name in ("asap-naive-raw", "asap-naive-norm-sparse", "asap-tlam-raw-dense")
+    }
+    assert (
+        saved["asap-naive-raw"]["model"]["normalize_labels"],
+        saved["asap-naive-raw"]["model"]["naive_presence"],
+    ) == (
+        False,
+        False,
+    )
+    assert saved["asap-naive-norm-sparse"]["model"]["normalize_labels"] is True
+    assert saved["asap-naive-norm-sparse"]["model"]["naive_presence"] is False
+    assert saved["asap-naive-norm-sparse"]["train"]["sparsity"] == 0.5
+    assert saved["asap-tlam-raw-dense"]["model"]["normalize_labels"] is False
+    claims = {claim["claim"]: claim for claim in report["claims"]}
+    assert len(claims) == 16
+    assert (
+        claims["TLAM beats the paper's naive (50% sparse)"]["a"],
+        claims["TLAM beats the paper's naive (50% sparse)"]["b"],
+    ) == (
+        "asap-tlam-sparse",
+        "asap-naive-raw-sparse",
+    )
+    text = (quality["results"] / "quality_ladder_smoke.md").read_text()
+    assert "the baseline ladder" in text and "Naive (paper: raw, no presence)" in text
+    with Image.open(quality["results"] / "quality_ladder_smoke.png") as image:
+        assert image.size[0] > 200
+
+
+def test_ladder_refuses_table1_rows_measured_otherwise(quality, tmp_path):
+    report = json.loads((quality["results"] / "quality_smoke.json").read_text())
+    report["protocol"]["segmenter"] = "another segmenter"
+    reference = tmp_path / "other.json"
+    reference.write_text(json.dumps(report))
+    done = script(*ladder_args(quality, "--reference", reference))
+    assert done.returncode != 0
+    assert "another protocol (differences in ['segmenter'])" in done.stderr and "--train-reference" in done.stderr
 
 
 # ---------------------------------------------------------------- sensitivity.py

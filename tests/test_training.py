@@ -384,6 +384,27 @@ def test_flag_combinations_are_checked_when_parsed(capsys):
         parse_args(["--dim", "10", "--heads", "3"])
     assert "--dim 10 must be divisible by --heads 3" in capsys.readouterr().err
     assert parse_args(["--steps", "1", "--sparsity", "0.5"])[0].train.steps == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--merger", "tlam", "--no-presence-channels"])
+    assert "--no-presence-channels applies to --merger naive only, not 'tlam'" in capsys.readouterr().err
+
+
+def test_the_papers_naive_baseline_sees_raw_labels_without_presence_channels():
+    from examples.datasets import SyntheticDataset
+    from examples.training.builders import build_merger
+
+    specs = SyntheticDataset(2, seed=0, resolution=8).label_specs
+    ours, _ = parse_args(["--merger", "naive"])
+    paper, _ = parse_args(["--merger", "naive", "--no-normalize-labels", "--no-presence-channels"])
+    assert (paper.model.normalize_labels, paper.model.naive_presence) == (False, False)
+    sample = SyntheticDataset(2, seed=0, resolution=8)[0]
+    labels = {name: x[None] for name, x in sample["labels"].items()}
+    masks = {name: m[None] for name, m in sample["masks"].items()}
+    raw, normalised = build_merger(paper.model, specs), build_merger(ours.model, specs)
+    assert normalised(labels, masks).shape[1] == raw(labels, masks).shape[1] + len(specs)  # one presence channel each
+    depth = slice(specs["semantic"].num_classes, specs["semantic"].num_classes + 1)  # semantic one-hot, then depth
+    assert list(specs)[:2] == ["semantic", "depth"]
+    assert torch.equal(raw(labels, masks)[:, depth], labels["depth"] * masks["depth"][:, None])
 
 
 def saved_run(out: Path, config: RunConfig, step: int) -> Path:

@@ -19,6 +19,7 @@ from torch import nn
 
 from examples.datasets import SyntheticDataset
 from examples.studies.conditions import sample_generator
+from examples.training.builders import raw_specs
 from label_merge import CLAM, TLAM, LabelSpec, NaiveConcat
 from label_merge.sparsity import label_dropout, region_dropout
 
@@ -207,13 +208,6 @@ class Probe(nn.Module):
         known = {k: v for k, v in labels.items() if k in self.merger.specs}
         known_masks = {k: v for k, v in masks.items() if k in self.merger.specs}
         return self.decoder(self.merger(known, known_masks))
-
-
-def raw_specs(specs: Mapping[str, LabelSpec]) -> dict[str, LabelSpec]:
-    """The specs without normalisation: continuous labels reach the merger as they are."""
-    return {
-        name: LabelSpec.continuous(spec.channels) if not spec.is_categorical else spec for name, spec in specs.items()
-    }
 
 
 def build_probe(row: ProbeRow, specs: Mapping[str, LabelSpec], config: ProbeConfig) -> Probe:

@@ -259,16 +259,16 @@ QUALITY_CLAIMS = (
 )
 
 
-def quality_claims(rows: Sequence[dict]) -> list[dict]:
-    """The paper's Table 1 claims, each checked on every metric both rows have.
+def quality_claims(rows: Sequence[dict], claims: Sequence[tuple[str, str, str]] = QUALITY_CLAIMS) -> list[dict]:
+    """The paper's Table 1 claims (or ``claims``: ``(text, row A, row B)``), each on every metric both rows have.
 
     Every check gives the difference of means (A - B, over seeds and scenes), its bootstrap 95%
     interval, a test's p-value and a verdict: "holds" or "reversed" only when the interval
     excludes zero, otherwise "undecided at this budget". Claims whose rows were not run are left out.
     """
     by_name = {row["name"]: row for row in rows}
-    claims = []
-    for text, name_a, name_b in QUALITY_CLAIMS:
+    checked = []
+    for text, name_a, name_b in claims:
         if name_a not in by_name or name_b not in by_name:
             continue
         a = [run["averaged"] for run in by_name[name_a]["runs"]]
@@ -278,8 +278,8 @@ def quality_claims(rows: Sequence[dict]) -> list[dict]:
         metrics = [*CLAIM_SET_METRICS, *scene_metric_names(a + b)]
         paired = same_seeds(by_name[name_a]["runs"], by_name[name_b]["runs"])
         checks = compare_measurements(a, b, metrics, paired_seeds=paired)
-        claims.append({"claim": text, "a": name_a, "b": name_b, "checks": checks})
-    return claims
+        checked.append({"claim": text, "a": name_a, "b": name_b, "checks": checks})
+    return checked
 
 
 def same_seeds(runs_a: Sequence[Mapping], runs_b: Sequence[Mapping]) -> bool:
@@ -331,12 +331,15 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def quality_markdown(report: Mapping) -> str:
-    """The quality report as markdown: settings, table with intervals, claims, machine."""
+def quality_markdown(report: Mapping, *, title: str | None = None, note: str | None = None) -> str:
+    """The quality report as markdown: settings, table with intervals, claims, machine.
+
+    ``title`` replaces the Table 1 heading; ``note`` is a paragraph after the settings.
+    """
     budget, protocol, floor = report["budget"], report["protocol"], report["floor"]
     steps = ", ".join(map(str, report["averaged_steps"]))
     lines = [
-        f"# Quality study (paper Table 1) — budget `{budget['name']}`",
+        f"# {title or 'Quality study (paper Table 1) — budget `' + budget['name'] + '`'}",
         "",
         f"Synthetic scenes at {budget['resolution']}x{budget['resolution']}, {budget['steps']} training steps "
         f"of batch {budget['batch_size']} per run, seeds {', '.join(map(str, budget['seeds']))}; every run is "
@@ -356,6 +359,7 @@ def quality_markdown(report: Mapping) -> str:
         f"- Segmentation score: {protocol['segmenter']}; on the real held-out images it reaches "
         f"{_percent(report['reference'].get('segmenter_on_real_miou'))} mIoU and "
         f"{_percent(report['reference'].get('segmenter_on_real_pixel_accuracy'))} pixel accuracy.",
+        *([f"- {note}"] if note else []),
         "",
         "| Backbone | Method | S | E | C | D | N | FID ↓ | KID ×10³ ↓ | feature distance ↓ | mIoU % ↑ "
         "| PSNR ↑ | L1 ×100 ↓ | SSIM ↑ | paper FID |",

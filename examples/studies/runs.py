@@ -24,7 +24,7 @@ from examples.training.builders import restore_generator
 from examples.training.checkpoint import latest_checkpoint, load_checkpoint_config
 from examples.training.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 
-__all__ = ["Variant", "TABLE1", "VARIANTS", "run_config", "run_dir", "train_and_measure", "RECORDS"]
+__all__ = ["Variant", "TABLE1", "LADDER", "VARIANTS", "run_config", "run_dir", "train_and_measure", "RECORDS"]
 
 RECORDS = "study_evaluations.json"
 LABELS = ("semantic", "edge", "curvature", "depth", "normal")  # the paper's column order: S E C D N
@@ -41,6 +41,9 @@ class Variant:
         generator: ``asap`` or ``spade``.
         merger: ``semantic``, ``naive``, ``clam`` or ``tlam``.
         sparsity: Region sparsity in training and in evaluation (0 or 0.5).
+        normalize_labels: Continuous labels normalised by their specs (False: as they are).
+        naive_presence: Presence channels in the naive concatenation.
+        dim: The merger's width; None: the budget's.
     """
 
     name: str
@@ -49,6 +52,9 @@ class Variant:
     generator: str
     merger: str
     sparsity: float
+    normalize_labels: bool = True
+    naive_presence: bool = True
+    dim: int | None = None
 
     def label_marks(self) -> list[str]:
         """The table's label columns S E C D N: dense (■), sparse (△) or unused (blank)."""
@@ -66,7 +72,22 @@ TABLE1 = (
     Variant("asap-clam-dense", "ASAP", "CLAM-baseline", "asap", "clam", 0.0),
     Variant("asap-tlam-dense", "ASAP", "TLAM", "asap", "tlam", 0.0),
 )
-VARIANTS = {variant.name: variant for variant in TABLE1}
+# The baseline ladder (ASAP-Net): from the paper's naive concatenation (raw labels, no presence
+# channels) up to the project's (normalised, with presence channels: "asap-naive"), and TLAM
+# without label normalisation, dense and 50% sparse, next to the Table 1 rows they climb to;
+# and TLAM at twice the budget's width.
+LADDER = (
+    Variant("asap-naive-raw", "ASAP", "Naive (paper: raw, no presence)", "asap", "naive", 0.0, False, False),
+    Variant("asap-naive-norm", "ASAP", "Naive + normalisation", "asap", "naive", 0.0, True, False),
+    Variant("asap-tlam-raw-dense", "ASAP", "TLAM, no normalisation", "asap", "tlam", 0.0, False),
+    Variant("asap-naive-raw-sparse", "ASAP", "Naive (paper: raw, no presence)", "asap", "naive", 0.5, False, False),
+    Variant("asap-naive-norm-sparse", "ASAP", "Naive + normalisation", "asap", "naive", 0.5, True, False),
+    Variant("asap-naive-sparse", "ASAP", "Naive-baseline", "asap", "naive", 0.5),
+    Variant("asap-tlam-raw-sparse", "ASAP", "TLAM, no normalisation", "asap", "tlam", 0.5, False),
+    # Does a wider merger close TLAM's class-information gap inside the GAN (docs/choosing.md)?
+    Variant("asap-tlam-w32-dense", "ASAP", "TLAM, width 32", "asap", "tlam", 0.0, dim=32),
+)
+VARIANTS = {variant.name: variant for variant in TABLE1 + LADDER}
 
 
 def run_dir(work_dir: str | Path, budget: Budget, variant: Variant, seed: int) -> Path:
@@ -98,7 +119,14 @@ def run_config(
             workers=budget.workers,
             cache_dir=str(scene_cache) if scene_cache is not None else None,
         ),
-        model=replace(budget.model, merger=variant.merger, generator=variant.generator),
+        model=replace(
+            budget.model,
+            merger=variant.merger,
+            generator=variant.generator,
+            normalize_labels=variant.normalize_labels,
+            naive_presence=variant.naive_presence,
+            dim=variant.dim or budget.model.dim,
+        ),
         optim=OptimConfig(lambda_vgg=budget.lambda_vgg, vgg_weights=vgg_weights, lambda_l1=budget.lambda_l1),
         train=TrainConfig(
             steps=budget.steps,

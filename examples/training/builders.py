@@ -20,6 +20,7 @@ __all__ = [
     "ConditionalGenerator",
     "build_datasets",
     "build_merger",
+    "raw_specs",
     "build_networks",
     "image_size",
     "restore_generator",
@@ -97,18 +98,26 @@ def specs_from_dict(d: Mapping[str, Mapping]) -> dict[str, LabelSpec]:
     return {name: LabelSpec.from_dict(v) for name, v in d.items()}
 
 
+def raw_specs(specs: Mapping[str, LabelSpec]) -> dict[str, LabelSpec]:
+    """The specs without normalisation: continuous labels reach the merger as they are."""
+    return {
+        name: LabelSpec.continuous(spec.channels) if not spec.is_categorical else spec for name, spec in specs.items()
+    }
+
+
 def build_merger(model: ModelConfig, specs: Mapping[str, LabelSpec]) -> nn.Module:
     """The label merger: TLAM, CLAM, NaiveConcat, or one-hot semantics only.
 
     Raises:
         ValueError: ``semantic`` without a semantic label.
     """
+    specs = specs if model.normalize_labels else raw_specs(specs)
     if model.merger == "tlam":
         return TLAM(specs, dim=model.dim, depth=model.depth, heads=model.heads, drop=model.drop)
     if model.merger == "clam":
         return CLAM(specs, dim=model.dim, depth=model.depth, drop=model.drop)
     if model.merger == "naive":
-        return NaiveConcat(specs)
+        return NaiveConcat(specs, include_masks=model.naive_presence)
     if "semantic" not in specs or not specs["semantic"].is_categorical:
         raise ValueError(f"--merger semantic needs a categorical 'semantic' label; the labels are {list(specs)}")
     # The usual semantic image synthesis input: the one-hot class map alone.
