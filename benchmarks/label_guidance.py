@@ -2,7 +2,8 @@
 
 For each training seed, the ControlNet with TLAM of ``examples/train_controlnet_tlam.py`` is
 trained with that script's own settings (tiny pixel-space UNet trained together with it, region
-dropout then whole-label dropout, so the model has seen labels dropped). Held-out synthetic scenes
+dropout then whole-label dropout, and 10% of the images with no labels at all, so the model has
+seen one label dropped and every label dropped, the branches guidance evaluates). Held-out synthetic scenes
 (the same for every seed) with 50% region-sparse labels are then generated with classifier-free
 guidance ``--guidance-scale`` (its unconditional branch has no labels) and, one label at a time,
 a per-label scale from ``--scales`` (``label_guidance={label: s}``, composed by
@@ -24,7 +25,7 @@ and ``.png`` (one curve per label) under ``--results-dir``.
 
 Usage (from the repository root)::
 
-    python benchmarks/label_guidance.py                    # 3 seeds, 32 scenes
+    python benchmarks/label_guidance.py                    # 5 seeds, 32 scenes, 600 training steps each
     python benchmarks/label_guidance.py --smoke            # the pipeline in seconds; numbers mean nothing
 """
 
@@ -122,7 +123,7 @@ def run_seed(seed: int, args, specs, scenes, given, estimator) -> dict:
     train_args = build_parser().parse_args(
         ["--seed", str(seed), "--steps", str(args.train_steps), "--resolution", str(args.resolution), "--device", "cpu"]
         + ["--labels", *args.labels, "--train-samples", str(args.train_samples), "--log-every", str(args.log_every)]
-        + ["--unet-width", str(args.unet_width)]
+        + ["--unet-width", str(args.unet_width), "--unconditional-dropout", str(args.unconditional_dropout)]
         + (["--cache-dir", str(args.cache_dir)] if args.cache_dir else [])
     )
     torch.manual_seed(seed)
@@ -251,15 +252,20 @@ def plot(report: dict, path: Path) -> None:
 
 def build_argparser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3, help="ControlNets trained, one per seed")
+    p.add_argument("--seeds", type=int, default=5, help="ControlNets trained, one per seed")
     p.add_argument("--scenes", type=int, default=32, help="held-out scenes")
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="per-label scales")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance scale (all scales)")
     p.add_argument("--labels", nargs="+", default=["semantic", "depth", "normal", "edge"])
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--train-steps", type=int, default=200, help="the training example's default")
-    p.add_argument("--train-samples", type=int, default=64, help="the training example's default")
+    p.add_argument("--train-steps", type=int, default=600, help="3x the training example's default (200)")
+    p.add_argument(
+        "--train-samples", type=int, default=1024, help="16x the example's default (64): held-out scenes in reach"
+    )
     p.add_argument("--unet-width", type=int, default=32, help="the training example's default")
+    p.add_argument(
+        "--unconditional-dropout", type=float, default=0.1, help="images trained with no labels (the example's default)"
+    )
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps (the training example's default)")
     p.add_argument("--sparsity", type=float, default=0.5, help="region dropout of the held-out labels")
     p.add_argument("--noise-seed", type=int, default=0, help="initial noise, shared by every scale")

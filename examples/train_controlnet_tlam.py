@@ -10,8 +10,9 @@ the UNet's resolution), and it trains together with the ControlNet. With ``--pre
 VAE are frozen and only the ControlNet with TLAM trains, on latents 8x smaller than the labels.
 There is no text encoder: the cross-attention context is a zero embedding.
 
-Labels are made sparse during training (region dropout, then whole-label dropout), so the
-model learns to follow any subset of labels at any pixel. Writes into ``--out``: the ControlNet
+Labels are made sparse during training (region dropout, then whole-label dropout, and every
+label dropped for 10% of the images), so the model learns to follow any subset of labels at any
+pixel, none included: the no-label branch of label-aware guidance. Writes into ``--out``: the ControlNet
 (``controlnet/``, ``save_pretrained`` format with the merger inside), sample grids
 (``samples.png``: labels, generated from all labels, generated from sparse labels, real) and
 ``metrics.json`` (training loss, and label controllability when the estimator is available).
@@ -83,10 +84,17 @@ def load_scenes(dataset: SyntheticDataset) -> Scenes:
     )
 
 
-def sparsify(scenes: Scenes, *, region_p: float, label_p: float, generator: torch.Generator) -> dict:
-    """The paper's region dropout, then whole-label dropout (never all labels of an image at once)."""
+def sparsify(
+    scenes: Scenes, *, region_p: float, label_p: float, generator: torch.Generator, drop_all_p: float = 0.0
+) -> dict:
+    """The paper's region dropout, then whole-label dropout.
+
+    With probability ``drop_all_p`` an image loses every label: the unconditional case that
+    classifier-free guidance with no labels (:class:`label_merge.diffusers.LabelGuidedPipeline`)
+    evaluates, which independent per-label dropout almost never produces.
+    """
     masks = region_dropout(scenes.masks, scenes.regions, region_p, generator=generator)
-    return label_dropout(masks, p_keep_all=0.25, p_label=label_p, generator=generator)
+    return label_dropout(masks, p_keep_all=0.25, p_drop_all=drop_all_p, p_label=label_p, generator=generator)
 
 
 # ---------------------------------------------------------------- models
@@ -197,7 +205,13 @@ def train(backbone: Backbone, controlnet, scenes: Scenes, args) -> list[float]:
     for step in range(1, args.steps + 1):
         index = torch.randint(0, scenes.images.shape[0], (args.batch_size,), generator=generator)
         batch = scenes.batch(index, args.device)
-        masks = sparsify(batch, region_p=args.sparsity, label_p=args.label_dropout, generator=generator)
+        masks = sparsify(
+            batch,
+            region_p=args.sparsity,
+            label_p=args.label_dropout,
+            drop_all_p=args.unconditional_dropout,
+            generator=generator,
+        )
         samples = backbone.encode(batch.images)
         noise = torch.randn(samples.shape, generator=generator).to(args.device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (samples.shape[0],), generator=generator)
@@ -289,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merger-resolution", choices=["latent", "image"], default="latent")
     p.add_argument("--sparsity", type=float, default=0.5, help="region dropout probability (paper: 0.5)")
     p.add_argument("--label-dropout", type=float, default=0.2, help="whole-label dropout probability")
+    p.add_argument(
+        "--unconditional-dropout",
+        type=float,
+        default=0.1,
+        help="probability that an image loses every label, so that guidance without labels is trained",
+    )
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps for the sample grid")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)

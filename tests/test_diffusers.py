@@ -296,6 +296,25 @@ def check_run(lm_diffusers, out, metrics):
     assert list(loaded.label_specs.items()) == list(specs.items())  # every spec field survives the config
 
 
+def test_training_example_drops_every_label_of_some_images_for_unguided_branches():
+    from examples.train_controlnet_tlam import Scenes, build_parser, sparsify
+
+    count = 400
+    present = torch.ones(count, 4, 4, dtype=torch.bool)
+    scenes = Scenes(
+        images=torch.zeros(count, 3, 4, 4),
+        labels={"depth": torch.zeros(count, 1, 4, 4), "edge": torch.zeros(count, 1, 4, 4)},
+        masks={"depth": present, "edge": present},
+        regions=torch.zeros(count, 4, 4, dtype=torch.long),
+    )
+    masks = sparsify(scenes, region_p=0.0, label_p=0.0, drop_all_p=0.5, generator=torch.Generator().manual_seed(0))
+    none_left = ~(masks["depth"].flatten(1).any(1) | masks["edge"].flatten(1).any(1))
+    kept = masks["depth"].flatten(1).all(1) & masks["edge"].flatten(1).all(1)
+    assert torch.equal(none_left | kept, torch.ones(count, dtype=torch.bool))  # all or nothing without label_p
+    assert 0.4 < none_left.float().mean() < 0.6  # of all images, p_keep_all aside
+    assert build_parser().parse_args([]).unconditional_dropout == 0.1
+
+
 @pytest.mark.slow
 def test_training_example_runs_from_a_config(lm_diffusers, tmp_path):
     from examples.train_controlnet_tlam import main
