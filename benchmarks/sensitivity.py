@@ -4,7 +4,8 @@ A TLAM + ASAP-Net model trained with 50% region sparsity is measured on the held
 scenes at evaluation sparsities 0% to 70% and, with the other labels dense
 (``--removal-sparsity``), with each label removed entirely (and with none removed, the
 reference). The models are the quality study's ``asap-tlam-sparse``
-runs of the same budget (trained here if they do not exist yet, one per seed), each measured at
+runs of the same budget (or ``--variant``'s: another merger trained at 50% sparsity; trained
+here if they do not exist yet, one per seed), each measured at
 the checkpoints the quality study averages over, or ``--checkpoint`` files. Every degraded
 condition is compared with its reference (dense labels; no label removed) on the same models and
 scenes: difference, bootstrap 95% interval, paired test, verdict. Writes under ``--results-dir``:
@@ -74,6 +75,8 @@ from examples.training.config import RunConfig  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 VARIANT = VARIANTS["asap-tlam-sparse"]
+SPARSE_VARIANTS = [name for name, v in VARIANTS.items() if v.generator == "asap" and v.sparsity == 0.5]
+MODEL_KIND = {name: f"{VARIANTS[name].method} + ASAP-Net (`{name}`)" for name in SPARSE_VARIANTS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--budget", default="cpu-2h", help=f"one of {sorted(BUDGETS)}, or a number of training steps")
+    p.add_argument("--checkpoint", nargs="+", help="checkpoints to measure (default: the budget's runs of --variant)")
     p.add_argument(
-        "--checkpoint", nargs="+", help="checkpoints to measure (default: the budget's asap-tlam-sparse runs)"
+        "--variant",
+        default=VARIANT.name,
+        choices=SPARSE_VARIANTS,
+        help="the study rows whose runs are measured (ASAP-Net trained at 50%% sparsity)",
     )
+    p.add_argument("--name", help="file name stem of the results (default: sensitivity_<budget>[_<variant>])")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds of the runs to train or reuse (default: the budget's)")
     p.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES), help="evaluation sparsities")
     p.add_argument(
@@ -138,14 +146,15 @@ def models(study: Study, args) -> list[tuple[str, list[Path], Path]]:
             cache = study.work_dir / study.budget.name / "sensitivity-external" / f"{path.stem}-{key}.json"
             found.append((str(path), [path], cache))
         return found
+    variant = VARIANTS[args.variant]
     found = []
     for seed in study.budget.seeds:
-        study.run(VARIANT, seed)
+        study.run(variant, seed)
         found.append(
             (
-                f"{VARIANT.name}/seed{seed}",
-                study.averaged_checkpoints(VARIANT, seed),
-                study.run_dir(VARIANT, seed) / "study_sensitivity.json",
+                f"{variant.name}/seed{seed}",
+                study.averaged_checkpoints(variant, seed),
+                study.run_dir(variant, seed) / "study_sensitivity.json",
             )
         )
     return found
@@ -247,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "sensitivity: paper Fig. 6b (sparsity) and Fig. 6c (removed labels) on SyntheticDataset",
         "budget": budget.to_dict(),
         "protocol": study.protocol(),
+        "variant": None if args.checkpoint else args.variant,
         "averaged_steps": per_model[0]["steps"],
         "removal_sparsity": args.removal_sparsity,
         "models": per_model,
@@ -262,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": time.perf_counter() - started,
     }
     results = Path(args.results_dir)
-    stem = f"sensitivity_{budget.name}"
+    stem = args.name or f"sensitivity_{budget.name}" + ("" if args.variant == VARIANT.name else f"_{args.variant}")
     write_json(results / f"{stem}.json", report)
     (results / f"{stem}.md").write_text(sensitivity_markdown(report))
     fid_label = "FID" + ("" if study.scorer.feature_extractor.standard else " (small-segmenter features)")
@@ -390,7 +400,8 @@ def sensitivity_markdown(report: dict) -> str:
     lines = [
         f"# Label sensitivity (paper Fig. 6b, 6c) — budget `{report['budget']['name']}`",
         "",
-        f"{len(report['models'])} TLAM + ASAP-Net model(s) trained at 50% sparsity, each measured at steps "
+        f"{len(report['models'])} {MODEL_KIND.get(report.get('variant'), 'TLAM + ASAP-Net')} model(s) trained at "
+        "50% sparsity, each measured at steps "
         f"{', '.join(map(str, report['averaged_steps']))} and averaged over them, on {protocol['eval_samples']} "
         f"held-out scenes. FID features: {protocol['feature_extractor']}.",
         "",

@@ -38,6 +38,7 @@ SCRIPTS = [
     "benchmarks/bench_train_step.py",
     "benchmarks/main_job_time.py",
     "benchmarks/quality_ladder.py",
+    "benchmarks/sensitivity_mergers.py",
 ]
 
 

@@ -184,6 +184,27 @@ def test_ladder_refuses_table1_rows_measured_otherwise(quality, tmp_path):
     assert "another protocol (differences in ['segmenter'])" in done.stderr and "--train-reference" in done.stderr
 
 
+def test_mergers_are_compared_on_every_missing_label_condition(quality):
+    args = ["benchmarks/sensitivity_mergers.py", "--budget", "smoke", "--no-progress", "--sparsities", "0", "0.5"]
+    for name in ("work", "cache", "results"):
+        args += [f"--{name}-dir", quality[name]]
+    ok(*args)
+    results = quality["results"]
+    report = json.loads((results / "sensitivity_mergers_smoke.json").read_text())
+    assert (report["reference"], report["variants"]) == ("asap-tlam-sparse", ["asap-tlam-sparse", "asap-naive-sparse"])
+    conditions = report["comparisons"]["asap-naive-sparse"]["conditions"]
+    assert set(conditions) == {"sparsity=0", "sparsity=0.5"} | {f"sparsity=0,without={n}" for n in report["labels"]}
+    metrics = {check["metric"] for check in conditions["sparsity=0,without=depth"]}
+    assert {"fid", "miou", "depth.missing.abs_rel", "semantic.given.pixel_accuracy"} <= metrics
+    assert "depth.missing.abs_rel" not in {check["metric"] for check in conditions["sparsity=0"]}  # none missing
+    for variant in report["variants"]:  # each merger's own sensitivity report beside the comparison
+        own = json.loads((results / f"sensitivity_mergers_smoke_{variant}.json").read_text())
+        assert own["variant"] == variant and own["models"][0]["name"] == f"{variant}/seed0"
+    assert "## asap-tlam-sparse − asap-naive-sparse" in (results / "sensitivity_mergers_smoke.md").read_text()
+    with Image.open(results / "sensitivity_mergers_smoke.png") as image:
+        assert image.size[0] > 400
+
+
 # ---------------------------------------------------------------- sensitivity.py
 
 
