@@ -254,7 +254,7 @@ def build_argparser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="ControlNets trained, one per seed")
     p.add_argument("--scenes", type=int, default=32, help="held-out scenes")
-    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0], help="per-label scales")
+    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 2.0, 4.0], help="per-label scales")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance scale (all scales)")
     p.add_argument("--labels", nargs="+", default=["semantic", "depth", "normal", "edge"])
     p.add_argument("--resolution", type=int, default=32)
@@ -266,7 +266,7 @@ def build_argparser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unconditional-dropout", type=float, default=0.1, help="images trained with no labels (the example's default)"
     )
-    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps (the training example's default)")
+    p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps (the training example's default: 20)")
     p.add_argument("--sparsity", type=float, default=0.5, help="region dropout of the held-out labels")
     p.add_argument("--noise-seed", type=int, default=0, help="initial noise, shared by every scale")
     p.add_argument("--estimator-steps", type=int, default=800)
