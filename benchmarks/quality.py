@@ -34,14 +34,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import argparse  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from examples.studies.budgets import BUDGETS, resolve_budget  # noqa: E402
+from examples.studies.budgets import BUDGETS  # noqa: E402
 from examples.studies.environment import (  # noqa: E402
-    configure_cpu,
-    default_cache_dir,
     machine_info,
     utc_now,
     write_json,
@@ -49,8 +46,7 @@ from examples.studies.environment import (  # noqa: E402
 from examples.studies.plots import plot_convergence  # noqa: E402
 from examples.studies.report import quality_claims, quality_markdown, quality_rows  # noqa: E402
 from examples.studies.runs import TABLE1  # noqa: E402
-from examples.studies.scoring import fid_weights_from  # noqa: E402
-from examples.studies.study import Study, resolve_folder  # noqa: E402
+from examples.studies.study import study_from_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,23 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    try:
-        budget = resolve_budget(args.budget)
-        if args.seeds:
-            budget = replace(budget, seeds=tuple(args.seeds))
-    except ValueError as err:
-        raise SystemExit(f"quality.py: {err}") from None
-    configure_cpu(args.threads or budget.threads)
     started = time.perf_counter()
-    study = Study(
-        budget=budget,
-        work_dir=Path(args.work_dir),
-        cache_dir=resolve_folder(args.cache_dir, default_cache_dir()),
-        device=args.device,
-        fid_weights=fid_weights_from(args.fid_weights),
-        vgg_weights=args.vgg_weights,
-        progress=not args.no_progress,
-    )
+    study = study_from_args(args, "quality.py")
+    budget = study.budget
     variants = [v for v in TABLE1 if args.rows is None or v.name in args.rows]
     runs: dict[str, dict[int, dict]] = {}
     jobs = [(variant, seed) for variant in variants for seed in budget.seeds]

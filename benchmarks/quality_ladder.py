@@ -36,19 +36,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import json  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
 
 from tqdm.auto import tqdm  # noqa: E402
 
 from benchmarks.quality import build_parser as quality_parser  # noqa: E402
 from benchmarks.quality import perceptual_state  # noqa: E402
-from examples.studies.budgets import resolve_budget  # noqa: E402
-from examples.studies.environment import configure_cpu, default_cache_dir, machine_info, utc_now, write_json  # noqa: E402
+from examples.studies.environment import machine_info, utc_now, write_json  # noqa: E402
 from examples.studies.plots import save_figure  # noqa: E402
 from examples.studies.report import quality_claims, quality_markdown, quality_rows  # noqa: E402
 from examples.studies.runs import LADDER, VARIANTS  # noqa: E402
-from examples.studies.scoring import fid_weights_from  # noqa: E402
-from examples.studies.study import Study, resolve_folder  # noqa: E402
+from examples.studies.study import study_from_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_ROWS = ("asap-naive", "asap-tlam-dense", "asap-tlam-sparse")
@@ -173,23 +170,9 @@ def ladder_plot(rows: list[dict], path: Path, *, fid_label: str) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    try:
-        budget = resolve_budget(args.budget)
-        if args.seeds:
-            budget = replace(budget, seeds=tuple(args.seeds))
-    except ValueError as err:
-        raise SystemExit(f"quality_ladder.py: {err}") from None
-    configure_cpu(args.threads or budget.threads)
     started = time.perf_counter()
-    study = Study(
-        budget=budget,
-        work_dir=Path(args.work_dir),
-        cache_dir=resolve_folder(args.cache_dir, default_cache_dir()),
-        device=args.device,
-        fid_weights=fid_weights_from(args.fid_weights),
-        vgg_weights=args.vgg_weights,
-        progress=not args.no_progress,
-    )
+    study = study_from_args(args, "quality_ladder.py")
+    budget = study.budget
     results = Path(args.results_dir)
     chosen = [v for v in LADDER if args.rows is None or v.name in args.rows]
     trained = chosen + ([VARIANTS[name] for name in REFERENCE_ROWS] if args.train_reference else [])

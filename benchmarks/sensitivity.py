@@ -34,19 +34,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from itertools import pairwise  # noqa: E402
 
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from examples.metrics.controllability import HIGHER_IS_BETTER  # noqa: E402
-from examples.studies.budgets import BUDGETS, resolve_budget  # noqa: E402
+from examples.studies.budgets import BUDGETS  # noqa: E402
 from examples.studies.conditions import LabelCondition  # noqa: E402
 from examples.studies.controllability import SCENE_FIGURES  # noqa: E402
 from examples.studies.environment import (  # noqa: E402
-    configure_cpu,
-    default_cache_dir,
     machine_info,
     read_json,
     utc_now,
@@ -65,9 +62,8 @@ from examples.studies.report import (  # noqa: E402
     scene_metric_names,
 )
 from examples.studies.runs import VARIANTS  # noqa: E402
-from examples.studies.scoring import fid_weights_from  # noqa: E402
 from examples.studies.statistics import UNDECIDED, compare, verdict  # noqa: E402
-from examples.studies.study import EVAL_SPARSITY_SEED, Study, resolve_folder  # noqa: E402
+from examples.studies.study import EVAL_SPARSITY_SEED, Study, study_from_args  # noqa: E402
 from examples.training.builders import image_size, restore_generator  # noqa: E402
 from examples.training.checkpoint import load_checkpoint_config  # noqa: E402
 from examples.training.config import RunConfig  # noqa: E402
@@ -213,24 +209,13 @@ def _comparison(per_model: list[dict], text: str, reference: str, key: str) -> d
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
-        budget = resolve_budget(args.budget)
-        if args.seeds:
-            budget = replace(budget, seeds=tuple(args.seeds))
         for s in [*args.sparsities, args.removal_sparsity]:
             LabelCondition(sparsity=s)  # checks the range
     except ValueError as err:
         raise SystemExit(f"sensitivity.py: {err}") from None
-    configure_cpu(args.threads or budget.threads)
     started = time.perf_counter()
-    study = Study(
-        budget=budget,
-        work_dir=Path(args.work_dir),
-        cache_dir=resolve_folder(args.cache_dir, default_cache_dir()),
-        device=args.device,
-        fid_weights=fid_weights_from(args.fid_weights),
-        vgg_weights=args.vgg_weights,
-        progress=not args.no_progress,
-    )
+    study = study_from_args(args, "sensitivity.py")
+    budget = study.budget
     per_model = [measure_model(study, *model, args) for model in models(study, args)]
     labels = per_model[0]["labels"]
     if any(model["labels"] != labels for model in per_model):

@@ -35,7 +35,7 @@ from examples.training.builders import HELD_OUT_SEED_OFFSET
 from examples.training.checkpoint import latest_checkpoint
 from examples.training.config import DataConfig
 
-__all__ = ["Study", "EVAL_SPARSITY_SEED", "FLOOR_SET_SEED", "extra_scene_scorers"]
+__all__ = ["Study", "EVAL_SPARSITY_SEED", "FLOOR_SET_SEED", "extra_scene_scorers", "study_from_args"]
 
 EVAL_SPARSITY_SEED = 0  # every model sees the same evaluation masks
 # The real-vs-real floor compares the evaluation scenes with the held-out scenes of the seed-1
@@ -234,3 +234,36 @@ class Study:
 def resolve_folder(value: str | os.PathLike | None, default: Path) -> Path:
     """``value`` as a path, or ``default``."""
     return Path(value).expanduser() if value else default
+
+
+def study_from_args(args, program: str) -> Study:
+    """The study a script's command line asks for, with the CPU configured for its budget.
+
+    ``args`` has the study scripts' shared flags: ``budget``, ``seeds``, ``threads``, ``work_dir``,
+    ``cache_dir``, ``device``, ``fid_weights``, ``vgg_weights`` and ``no_progress``.
+
+    Raises:
+        SystemExit: An unknown budget, named with ``program``.
+    """
+    from dataclasses import replace
+
+    from examples.studies.budgets import resolve_budget
+    from examples.studies.environment import configure_cpu, default_cache_dir
+    from examples.studies.scoring import fid_weights_from
+
+    try:
+        budget = resolve_budget(args.budget)
+        if args.seeds:
+            budget = replace(budget, seeds=tuple(args.seeds))
+    except ValueError as err:
+        raise SystemExit(f"{program}: {err}") from None
+    configure_cpu(args.threads or budget.threads)
+    return Study(
+        budget=budget,
+        work_dir=Path(args.work_dir),
+        cache_dir=resolve_folder(args.cache_dir, default_cache_dir()),
+        device=args.device,
+        fid_weights=fid_weights_from(args.fid_weights),
+        vgg_weights=args.vgg_weights,
+        progress=not args.no_progress,
+    )
