@@ -24,6 +24,7 @@ Usage (from the repository root)::
     python benchmarks/quality_ladder.py --budget 600            # the committed quality study's budget
     python benchmarks/quality_ladder.py --budget 600 --rows asap-naive-raw asap-naive-norm   # a part
     python benchmarks/quality_ladder.py --budget smoke --train-reference   # the pipeline in seconds
+    python benchmarks/quality_ladder.py --budget 600 --report     # from the runs measured so far
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ def build_parser():
             action.help = "ladder rows to train (default: all); the report covers every row that is measured"
     p.add_argument("--reference", type=Path, help="the quality study's JSON (default: quality_<budget>.json)")
     p.add_argument("--train-reference", action="store_true", help=f"train {', '.join(REFERENCE_ROWS)} here")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: report the rows measured in --work-dir for every seed; name the others as not run",
+    )
     return p
 
 
@@ -178,12 +184,23 @@ def main(argv: list[str] | None = None) -> dict:
     trained = chosen + ([VARIANTS[name] for name in REFERENCE_ROWS] if args.train_reference else [])
     runs: dict[str, dict[int, dict]] = {}
     jobs = [(variant, seed) for variant in trained for seed in budget.seeds]
-    for variant, seed in tqdm(jobs, desc=f"ladder ({budget.name})", unit="run", disable=args.no_progress):
-        runs.setdefault(variant.name, {})[seed] = study.run(variant, seed)
-    if args.rows is not None:  # one part of the ladder: its runs are kept; the report comes with all rows
+    not_run = []
+    if args.report:  # what is measured already; a row missing any seed is left out and named
+        for variant, seed in jobs:
+            records = study.measured(variant, seed)
+            if records is not None:
+                runs.setdefault(variant.name, {})[seed] = records
+        not_run = [v.name for v in trained if len(runs.get(v.name, {})) < len(budget.seeds)]
+        trained = [v for v in trained if v.name not in not_run]
+    else:
+        for variant, seed in tqdm(jobs, desc=f"ladder ({budget.name})", unit="run", disable=args.no_progress):
+            runs.setdefault(variant.name, {})[seed] = study.run(variant, seed)
+    if args.rows is not None and not args.report:  # one part of the ladder: the report comes with all rows
         print(f"trained {', '.join(v.name for v in chosen)}; run without --rows for the report")
         return {"runs": runs}
 
+    if not trained and args.train_reference:
+        raise SystemExit(f"quality_ladder.py: no row is measured for every seed in {study.work_dir / budget.name}")
     rows = quality_rows(trained, runs, budget.averaged_steps())
     source = "trained here"
     if not args.train_reference:
@@ -199,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         "floor": study.floor(),
         "reference": {key: first.get(key) for key in ("segmenter_on_real_miou", "segmenter_on_real_pixel_accuracy")},
         "reference_rows": {"names": list(REFERENCE_ROWS), "source": source},
+        "not_run": not_run,
         "perceptual_loss": perceptual_state(rows, budget.lambda_vgg),
         "rows": rows,
         "claims": quality_claims(rows, LADDER_CLAIMS),
@@ -212,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(results / f"{stem}.json", report)
     title = f"Quality study: the baseline ladder — budget `{budget.name}`"
     note = f"Table 1's rows {', '.join(REFERENCE_ROWS)}: {source}."
+    if not_run:
+        note += f" Not run (no claims about them): {', '.join(not_run)}."
     (results / f"{stem}.md").write_text(quality_markdown(report, title=title, note=note))
     fid_label = "FID" + ("" if study.scorer.feature_extractor.standard else " (small-segmenter features)")
     ladder_plot(rows, results / f"{stem}.png", fid_label=fid_label)

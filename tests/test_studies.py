@@ -172,6 +172,30 @@ def test_ladder_trains_its_rungs_and_reads_table1_rows_from_the_quality_study(qu
     assert "the baseline ladder" in text and "Naive (paper: raw, no presence)" in text
     with Image.open(quality["results"] / "quality_ladder_smoke.png") as image:
         assert image.size[0] > 200
+    # --report trains nothing and names a row that is not measured for every seed
+    records = quality["work"] / "smoke" / "asap-tlam-w32-dense" / "seed0" / "study_evaluations.json"
+    checkpoint = checkpoint_of(quality, "asap-naive-raw")
+    before = checkpoint.stat().st_mtime_ns
+    records.rename(records.with_suffix(".aside"))
+    try:
+        ok(*ladder_args(quality, "--report"))
+    finally:
+        records.with_suffix(".aside").rename(records)
+    assert checkpoint.stat().st_mtime_ns == before
+    partial = json.loads((quality["results"] / "quality_ladder_smoke.json").read_text())
+    assert partial["not_run"] == ["asap-tlam-w32-dense"]
+    assert [row["name"] for row in partial["rows"]] == names[:-4] + names[-3:]  # all but the width-32 row
+    assert (
+        "Not run (no claims about them): asap-tlam-w32-dense"
+        in (quality["results"] / "quality_ladder_smoke.md").read_text()
+    )
+
+
+def test_ladder_report_with_nothing_measured_says_so(quality, tmp_path):
+    args = ladder_args(quality, "--report", "--train-reference")
+    args[args.index("--work-dir") + 1] = tmp_path / "empty"
+    done = script(*args)
+    assert done.returncode != 0 and "no row is measured for every seed" in done.stderr
 
 
 def test_ladder_refuses_table1_rows_measured_otherwise(quality, tmp_path):

@@ -21,7 +21,8 @@ from examples.metrics.estimator_training import obtain_label_estimator
 from examples.studies.budgets import Budget
 from examples.studies.conditions import LabelCondition
 from examples.studies.controllability import controllability_scorer
-from examples.studies.runs import Variant, run_config, run_dir, train_and_measure
+from examples.studies.environment import read_json
+from examples.studies.runs import RECORDS, Variant, run_config, run_dir, train_and_measure
 from examples.studies.scoring import (
     SceneScorer,
     Scorer,
@@ -204,6 +205,17 @@ class Study:
             protocol=self.protocol(condition),
             progress=self.progress,
         )
+
+    def measured(self, variant: Variant, seed: int) -> dict | None:
+        """The records of a run measured at every step of the schedule with this protocol, else None.
+
+        Trains and measures nothing: what :meth:`run` would return without doing any work.
+        """
+        records = read_json(self.run_dir(variant, seed) / RECORDS)
+        if not records or records["protocol"] != self.protocol(self.training_condition(variant)):
+            return None
+        done = all(str(step) in records["evaluations"] for step in self.budget.schedule())
+        return records if done else None
 
     def averaged_checkpoints(self, variant: Variant, seed: int) -> list[Path]:
         """The checkpoints of the steps the results average over (``budget.averaged_steps()``).
