@@ -164,11 +164,10 @@ def ladder_plot(rows: list[dict], path: Path, *, fid_label: str) -> Path:
                             marker="o", capsize=3, color=colour)  # fmt: skip
             labels = [RUNG_LABELS[row["name"]] for row in mine]
             ax.set_xticks(range(len(mine)), labels, rotation=25, ha="right", fontsize=7)
-            ax.set_ylabel(label)
+            ax.set_ylabel(f"{label}, {'lower' if metric == 'fid' else 'higher'} is better", fontsize=8)
             ax.grid(alpha=0.3)
             if line == 0:
-                regime = "50% sparse" if sparse else "dense"
-                ax.set_title(f"{regime} labels ({'lower' if metric == 'fid' else 'higher'} is better)")
+                ax.set_title(f"{'50% sparse' if sparse else 'dense'} labels")
     figure.suptitle("Baseline ladder in ASAP-Net (blue: naive rungs, red: TLAM); mean and 95% interval over seeds")
     figure.tight_layout()
     return save_figure(figure, path)
