@@ -291,11 +291,18 @@ def own_label_metrics(removal_claims: list[dict], labels: list[str]) -> dict[str
     Per-label metrics (e.g. the controllability scorer's, plugged in with
     :func:`examples.studies.study.extra_scene_scorers`) are named ``<label>.<...>``; this picks
     removing depth against "depth.*", so "removing depth hurts depth consistency most" can be
-    read off. Empty while no such scorer is plugged in.
+    read off. Empty while no such scorer is plugged in. Checks that compare no pixels are left
+    out: a removed label has no given pixels, and a dense reference has no missing ones, so at
+    removal sparsity 0 this is empty and the consistency matrix (given against missing, on the
+    same pixels) answers the question instead.
     """
     found = {}
     for name, claim in zip(labels, removal_claims, strict=True):
-        checks = [check for check in claim["checks"] if check["metric"].startswith(f"{name}.")]
+        checks = [
+            check
+            for check in claim["checks"]
+            if check["metric"].startswith(f"{name}.") and check["difference"] is not None
+        ]
         if checks:
             found[name] = checks
     return found

@@ -270,6 +270,7 @@ def test_sensitivity_trains_its_own_model_and_writes_both_figures(tmp_path):
     assert list(report["own_label_metrics"]) == labels
     for name, checks in report["own_label_metrics"].items():
         assert checks and all(check["metric"].startswith(f"{name}.") for check in checks)
+        assert all(check["difference"] is not None for check in checks)  # no empty comparisons
     assert "## Comparisons" in (tmp_path / "results" / "sensitivity_smoke.md").read_text()
     for suffix in ("sparsity", "removal"):
         assert (tmp_path / "results" / f"sensitivity_smoke_{suffix}.png").is_file()
