@@ -8,7 +8,7 @@ settings for every row unless the row says otherwise. Four parts, each fixed bef
   it (raw labels, no presence channels), with normalisation, with normalisation and presence
   channels (the library's default), and TLAM with and without label normalisation; dense and 50%
   region-sparse, seeds 0-4.
-- ``width``: TLAM and CLAM at merger widths 16, 32 and 64 (depth 2, 2 heads: only the width
+- ``width``: TLAM and CLAM at merger widths 16, 32, 64 and 96 (depth 2, 2 heads: only the width
   varies), dense and sparse, seeds 0-2, at the probe's 400 steps; and at 1,200 steps for the
   sparse rows at widths 16 and 32 (capacity against optimisation).
 - ``missing``: naive, CLAM and TLAM trained dense, with 50% region dropout, and with region plus
@@ -76,7 +76,7 @@ from examples.training.builders import HELD_OUT_SEED_OFFSET  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("ladder", "width", "missing", "fidelity")
 SEEDS = {"ladder": (0, 1, 2, 3, 4), "width": (0, 1, 2), "missing": (0, 1, 2, 3, 4), "fidelity": (0, 1, 2)}
-WIDTHS = (16, 32, 64)
+WIDTHS = (16, 32, 64, 96)  # 96: the paper's width
 LONG_STEPS = 1200
 LONG_WIDTHS = (16, 32)
 WHOLE_LABEL_DROPOUT = 0.25
@@ -144,9 +144,9 @@ def all_jobs() -> list[tuple[ProbeRow, int]]:
     """Every (row, seed) of every part, once (a run that several parts share is trained once).
 
     Ordered so that a training cut short still answers as much as it can: the cheap naive and
-    CLAM runs; TLAM at width 16 on seeds 0-2; TLAM at width 32 on seeds 0-2; TLAM at width 16
-    on the remaining seeds; TLAM at width 64; then TLAM's 1,200-step runs. Within a tier, seed by
-    seed, so every row gains paired seeds together.
+    CLAM runs (up to width 64); TLAM at width 16 on seeds 0-2; TLAM at width 32 on seeds 0-2;
+    TLAM at width 16 on the remaining seeds; TLAM at widths 64 and 96; CLAM at width 96; then
+    TLAM's 1,200-step runs. Within a tier, seed by seed, so every row gains paired seeds together.
     """
     jobs: dict[tuple[str, int], tuple[ProbeRow, int]] = {}
     for part in ("missing", "ladder", "fidelity", "width"):
@@ -158,11 +158,11 @@ def all_jobs() -> list[tuple[ProbeRow, int]]:
                 jobs.setdefault((row.name, seed), (row, seed))
 
     def tier(row: ProbeRow, seed: int) -> int:
-        if row.merger != "tlam":
-            return 0
-        if (row.steps or 0) > ProbeConfig.steps:
-            return 5
         width = row.dim or ProbeConfig.dim
+        if row.merger != "tlam":
+            return 5 if width > 64 else 0
+        if (row.steps or 0) > ProbeConfig.steps:
+            return 6
         if width == 16:
             return 1 if seed < 3 else 3
         return 2 if width == 32 else 4

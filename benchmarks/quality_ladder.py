@@ -8,7 +8,7 @@ Trains, with ASAP-Net and the quality study's budget and seeds, the rungs of the
 - naive with normalisation and presence channels (the project's, Table 1's ``asap-naive``;
   its sparse twin ``asap-naive-sparse`` is a ladder row);
 - TLAM without label normalisation;
-- TLAM at width 32 (dense), twice the budget's: does width close TLAM's mIoU gap in the GAN?
+- TLAM at width 32, dense and 50% sparse, twice the budget's: does width close TLAM's gaps in the GAN?
 
 and sets them beside Table 1's ``asap-naive``, ``asap-tlam-dense`` and ``asap-tlam-sparse``.
 Those three are read from the quality study's JSON (``--reference``) when it was measured with
@@ -75,6 +75,12 @@ LADDER_CLAIMS = (
     + (
         ("TLAM at width 32 beats TLAM at the budget's width (dense)", "asap-tlam-w32-dense", "asap-tlam-dense"),
         ("TLAM at width 32 beats naive + normalisation + presence (dense)", "asap-tlam-w32-dense", "asap-naive"),
+        ("TLAM at width 32 beats TLAM at the budget's width (50% sparse)", "asap-tlam-w32-sparse", "asap-tlam-sparse"),
+        (
+            "TLAM at width 32 beats naive + normalisation + presence (50% sparse)",
+            "asap-tlam-w32-sparse",
+            "asap-naive-sparse",
+        ),
     )
 )
 
@@ -124,7 +130,7 @@ PLOT_ORDER = {
     False: ("asap-naive-raw", "asap-naive-norm", "asap-naive", "asap-tlam-raw-dense", "asap-tlam-dense",
             "asap-tlam-w32-dense"),
     True: ("asap-naive-raw-sparse", "asap-naive-norm-sparse", "asap-naive-sparse", "asap-tlam-raw-sparse",
-           "asap-tlam-sparse"),
+           "asap-tlam-sparse", "asap-tlam-w32-sparse"),
 }  # fmt: skip
 RUNG_LABELS = {
     name: label
@@ -140,6 +146,7 @@ RUNG_LABELS = {
     "asap-tlam-dense": "TLAM",
     "asap-tlam-sparse": "TLAM",
     "asap-tlam-w32-dense": "TLAM, width 32",
+    "asap-tlam-w32-sparse": "TLAM, width 32",
 }
 
 

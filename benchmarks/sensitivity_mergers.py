@@ -17,6 +17,8 @@ merger's own sensitivity report (``sensitivity_mergers_<budget>_<variant>.*``).
 Usage (from the repository root)::
 
     python benchmarks/sensitivity_mergers.py --budget 600
+    python benchmarks/sensitivity_mergers.py --budget 600 --variants asap-tlam-w32-sparse asap-naive-sparse \
+        asap-tlam-sparse --name sensitivity_mergers_cpu-2h-600_w32      # TLAM at width 32 against both
     python benchmarks/sensitivity_mergers.py --budget smoke     # the pipeline in seconds
 """
 
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir")
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--name", help="stem of the comparison's files (default: sensitivity_mergers_<budget>)")
     args = p.parse_args(argv)
     shared = ["--budget", args.budget, "--work-dir", args.work_dir, "--results-dir", str(args.results_dir)]
     shared += ["--sparsities", *map(str, args.sparsities), *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         variant: sensitivity.main([*shared, "--variant", variant, "--name", f"{stem}_{variant}"])
         for variant in args.variants
     }
+    stem = args.name or stem  # each merger's own report keeps the budget's name, so it is shared
     budget = reports[args.variants[0]]["budget"]
     if any(r["protocol"] != reports[args.variants[0]]["protocol"] for r in reports.values()):
         raise SystemExit("sensitivity_mergers.py: the mergers' runs were measured with different protocols")

@@ -21,9 +21,10 @@ def test_every_run_is_defined_once_and_rows_differ_only_where_they_say():
     assert rows["naive-dense"] == ProbeRow("naive-dense", "naive", False)  # the probe's own row
     assert rows["tlam-w64-sparse"].configure(ProbeConfig()).dim == 64
     assert rows["tlam-sparse-long"].configure(ProbeConfig()).steps == merger_choice.LONG_STEPS
+    assert rows["clam-w96-dense"].configure(ProbeConfig()).dim == 96  # the paper's width
     # cheap runs first and TLAM's long runs last, so a cut-short training still answers most parts
-    kinds = [row.merger == "tlam" for row, _ in jobs]
-    assert kinds == sorted(kinds)
+    cheap = [row.merger != "tlam" and (row.dim or 16) <= 64 for row, _ in jobs]
+    assert cheap == sorted(cheap, reverse=True)
     assert all((row.steps or 0) > ProbeConfig.steps for row, _ in jobs[-6:])
     assert not any((row.steps or 0) > ProbeConfig.steps for row, _ in jobs[:-6] if row.merger == "tlam")
 

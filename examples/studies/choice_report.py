@@ -98,7 +98,7 @@ def ladder_markdown(report: Mapping) -> str:
 def width_markdown(report: Mapping) -> str:
     lines = _header(report, "merger width")
     lines += [
-        "TLAM and CLAM at widths 16, 32 and 64 with depth 2 and 2 heads (only the width varies), dense and "
+        "TLAM and CLAM at widths 16, 32, 64 and 96 with depth 2 and 2 heads (only the width varies), dense and "
         "50% sparse, at 400 steps; the sparse rows at widths 16 and 32 also at 1,200 steps, next to naive "
         "concatenation at 1,200 steps, so that capacity and optimisation are told apart.",
         "",

@@ -86,6 +86,7 @@ LADDER = (
     Variant("asap-tlam-raw-sparse", "ASAP", "TLAM, no normalisation", "asap", "tlam", 0.5, False),
     # Does a wider merger close TLAM's class-information gap inside the GAN (docs/choosing.md)?
     Variant("asap-tlam-w32-dense", "ASAP", "TLAM, width 32", "asap", "tlam", 0.0, dim=32),
+    Variant("asap-tlam-w32-sparse", "ASAP", "TLAM, width 32", "asap", "tlam", 0.5, dim=32),
 )
 VARIANTS = {variant.name: variant for variant in TABLE1 + LADDER}
 
