@@ -10,7 +10,7 @@ settings for every row unless the row says otherwise. Four parts, each fixed bef
   region-sparse, seeds 0-4.
 - ``width``: TLAM and CLAM at merger widths 16, 32, 64 and 96 (depth 2, 2 heads: only the width
   varies), dense and sparse, seeds 0-2, at the probe's 400 steps; and at 1,200 steps for the
-  sparse rows at widths 16 and 32 (capacity against optimisation).
+  sparse rows, TLAM at every width and CLAM at 16 and 32 (capacity against optimisation).
 - ``missing``: naive, CLAM and TLAM trained dense, with 50% region dropout, and with region plus
   whole-label dropout (each label of each scene dropped with probability 0.25), seeds 0-4;
   each tested at sparsity 0, 0.25, 0.5, 0.75 and 0.9 and with labels removed entirely (each
@@ -78,7 +78,9 @@ PARTS = ("ladder", "width", "missing", "fidelity")
 SEEDS = {"ladder": (0, 1, 2, 3, 4), "width": (0, 1, 2), "missing": (0, 1, 2, 3, 4), "fidelity": (0, 1, 2)}
 WIDTHS = (16, 32, 64, 96)  # 96: the paper's width
 LONG_STEPS = 1200
-LONG_WIDTHS = (16, 32)
+# The longer budget, sparse rows: TLAM at every width (does a wider TLAM need more steps?), CLAM
+# at the two narrowest.
+LONG_WIDTHS = {"clam": (16, 32), "tlam": WIDTHS}
 WHOLE_LABEL_DROPOUT = 0.25
 TEST_SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
 
@@ -111,7 +113,7 @@ def width_rows() -> list[ProbeRow]:
         name = f"{merger}-{_regime(sparse)}" if width == 16 else f"{merger}-w{width}-{_regime(sparse)}"
         rows.append(_row(name, merger, sparse, dim=None if width == 16 else width))
     rows.append(_row("naive-sparse-long", "naive", True, steps=LONG_STEPS))
-    for merger, width in itertools.product(("clam", "tlam"), LONG_WIDTHS):
+    for merger, width in ((m, w) for m in ("clam", "tlam") for w in LONG_WIDTHS[m]):
         suffix = "" if width == 16 else f"-w{width}"
         rows.append(
             _row(f"{merger}{suffix}-sparse-long", merger, True, dim=None if width == 16 else width, steps=LONG_STEPS)
@@ -369,7 +371,7 @@ class Study:
         claims = []
         for merger, r in itertools.product(("tlam", "clam"), ("dense", "sparse", "sparse-long")):
             naive = "naive-sparse-long" if r == "sparse-long" else f"naive-{r}"
-            for w in LONG_WIDTHS if r == "sparse-long" else WIDTHS:
+            for w in LONG_WIDTHS[merger] if r == "sparse-long" else WIDTHS:
                 name = f"{merger}-{r}" if w == 16 else f"{merger}-w{w}-{r}"
                 if name in scores and naive in scores:
                     text = f"{merger.upper()} width {w} > naive ({r.replace('-long', f', {LONG_STEPS} steps')})"

@@ -25,8 +25,9 @@ def test_every_run_is_defined_once_and_rows_differ_only_where_they_say():
     # cheap runs first and TLAM's long runs last, so a cut-short training still answers most parts
     cheap = [row.merger != "tlam" and (row.dim or 16) <= 64 for row, _ in jobs]
     assert cheap == sorted(cheap, reverse=True)
-    assert all((row.steps or 0) > ProbeConfig.steps for row, _ in jobs[-6:])
-    assert not any((row.steps or 0) > ProbeConfig.steps for row, _ in jobs[:-6] if row.merger == "tlam")
+    long_tlam = sum((row.steps or 0) > ProbeConfig.steps for row, _ in jobs if row.merger == "tlam")
+    assert long_tlam == len(merger_choice.WIDTHS) * len(merger_choice.SEEDS["width"])
+    assert all((row.steps or 0) > ProbeConfig.steps for row, _ in jobs[-long_tlam:])
 
 
 def test_raw_rows_see_unnormalised_labels():

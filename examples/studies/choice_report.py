@@ -99,8 +99,8 @@ def width_markdown(report: Mapping) -> str:
     lines = _header(report, "merger width")
     lines += [
         "TLAM and CLAM at widths 16, 32, 64 and 96 with depth 2 and 2 heads (only the width varies), dense and "
-        "50% sparse, at 400 steps; the sparse rows at widths 16 and 32 also at 1,200 steps, next to naive "
-        "concatenation at 1,200 steps, so that capacity and optimisation are told apart.",
+        "50% sparse, at 400 steps; the sparse rows also at 1,200 steps (TLAM at every width, CLAM at 16 and "
+        "32), next to naive concatenation at 1,200 steps, so that capacity and optimisation are told apart.",
         "",
         *_rows_table(report["rows"], report["row_settings"]),
         *_claims(report["claims"]),
