@@ -27,6 +27,8 @@ Usage (from the repository root, on an otherwise idle machine)::
     python benchmarks/bench_train_step.py          # all: benchmarks/results/train_step_<cpu>.{json,md,png}
     python benchmarks/bench_train_step.py --quick  # every case against all levers; levers alone for TLAM + ASAP
     python benchmarks/bench_train_step.py --smoke  # tiny sizes, 2 repeats, into a temporary folder (the tests)
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/bench_train_step.py --quick   # AVX2 code paths: train_step_<cpu>_avx2cap.*
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from torch.utils.data import default_collate  # noqa: E402
 from benchmarks.bench_merger import model_flops  # noqa: E402
 from examples.studies.budgets import BUDGETS  # noqa: E402
 from examples.studies.environment import machine_info, utc_now, write_json  # noqa: E402
-from examples.training.config import PRESETS, ModelConfig, RunConfig  # noqa: E402
+from examples.training.config import CPU_ALLOCATORS, PRESETS, ModelConfig, RunConfig  # noqa: E402
 from examples.training.cpu import fp32_lanes_per_fma, fp32_peak_gflops, read_cpu_info, resolve_amp  # noqa: E402
 from examples.training.loop import Trainer  # noqa: E402
 from label_merge import TLAM  # noqa: E402
@@ -77,6 +79,7 @@ class Setting:
     threads: int
     model: ModelConfig
     lambda_l1: float
+    cpu_allocator: str = "reuse"  # process-wide, so the same for every variant (see --cpu-allocator)
 
     def run_config(self, merger: str, generator: str, out: str) -> RunConfig:
         """The demo preset with this setting's sizes, losses and the given merger and generator."""
@@ -86,7 +89,9 @@ class Setting:
             data=replace(demo.data, resolution=self.resolution, train_samples=4 * self.batch_size, val_samples=4),
             model=replace(self.model, merger=merger, generator=generator),
             optim=replace(demo.optim, lambda_l1=self.lambda_l1),
-            train=replace(demo.train, batch_size=self.batch_size, device="cpu", out=out),
+            train=replace(
+                demo.train, batch_size=self.batch_size, device="cpu", out=out, cpu_allocator=self.cpu_allocator
+            ),
         )
 
 
@@ -261,6 +266,58 @@ def tlam_peak_share(setting: Setting, threads: int, repeats: int) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- where the step goes
+
+
+def step_breakdown(setting: Setting, repeats: int, out: Path) -> dict:
+    """How a TLAM + ASAP-Net step divides: the merger, the generator, the rest (discriminator, Adam).
+
+    Times, interleaved on one trainer and one batch: the merger's forward and backward alone,
+    the merger and the generator's forward and backward (the generator's whole output through
+    a stand-in loss), and the full training step. Medians; the shares follow by difference.
+    """
+    torch.set_num_threads(setting.threads)
+    trainer = Trainer(setting.run_config("tlam", "asap", str(out)), progress=False)
+    batch = rendered_batches(trainer, 1)[0][0]
+    masks = trainer._masks(batch)
+    generator = trainer.generator
+
+    def merger_only() -> None:
+        generator.merger(batch["labels"], masks).float().square().mean().backward()
+
+    def merger_and_generator() -> None:
+        fake, _ = generator(batch["labels"], masks)
+        fake.float().square().mean().backward()
+
+    parts = {
+        "merger": merger_only,
+        "merger_and_generator": merger_and_generator,
+        "step": lambda: trainer.train_step(batch),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in parts}
+    for run in parts.values():  # warm-up
+        run()
+    for _ in range(repeats):
+        for name, run in parts.items():
+            started = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - started)
+    trainer.opt_g.zero_grad(set_to_none=True)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    step = median["step"]
+    return {
+        "setting": setting.name,
+        "threads": setting.threads,
+        "median_s": median,
+        "share": {
+            "merger": median["merger"] / step,
+            "generator": (median["merger_and_generator"] - median["merger"]) / step,
+            "discriminator_adam_rest": (step - median["merger_and_generator"]) / step,
+        },
+        "seconds": seconds,
+    }
+
+
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -277,9 +334,24 @@ class Plan:
     levers_for: Callable[[str, str], tuple[str, ...]]  # (merger, generator) -> levers timed alone
 
 
+# The variables that cap PyTorch's, oneDNN's and MKL's code paths at AVX2 (read at start-up),
+# as benchmarks/main_job_time.py sets them: an AVX2-only CPU's instructions on this one.
+AVX2_CAP = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def avx2_capped() -> bool:
+    """Whether this process runs with :data:`AVX2_CAP` (then bf16 has no native path here either)."""
+    return all(os.environ.get(name, "").lower() == value.lower() for name, value in AVX2_CAP.items())
+
+
 def levers_that_apply() -> tuple[str, ...]:
-    """Every lever, less bf16 autocast where ``--amp auto`` turns it off (it would time the baseline again)."""
+    """Every lever, less bf16 autocast where ``--amp auto`` turns it off (it would time the baseline again).
+
+    Under the AVX2 cap bf16 is left out too: ``auto`` reads the CPU's flags, not the cap, and
+    would time bf16 emulated through fp32, which an AVX2-only CPU's ``auto`` never runs.
+    """
     bf16_on, _ = resolve_amp("auto", torch.device("cpu"))
+    bf16_on = bf16_on and not avx2_capped()
     return tuple(lever for lever in LEVERS if bf16_on or lever != "bf16_auto")
 
 
@@ -346,13 +418,20 @@ def lever_table(result: dict, levers: list[str]) -> list[str]:
 def markdown(result: dict) -> str:
     """The main table (baseline against all levers, every case) and the per-lever table."""
     cpu = result["cpu"]
+    cap = result.get("avx2_cap")
+    capped = (
+        f"**capped at AVX2 code paths** ({', '.join(f'{k}={v}' for k, v in cap.items())}; the clock and caches "
+        "are this CPU's own; bf16 left out); "
+        if cap
+        else ""
+    )
     lines = [
         f"# Training step on the CPU: {cpu['model']}",
         "",
         f"Vector extensions: {', '.join(cpu['flags']) or 'none read'}; native bf16: {cpu['native_bf16']}; "
-        f"torch {result['torch']}; mode {result['mode']}; `all` = {', '.join(result['new'])}; "
-        f"`--amp auto` here: {result['amp_auto']}. "
-        "Medians of single steps; ratio = new / baseline (below 1 is faster). Written by "
+        f"{capped}torch {result['torch']}; mode {result['mode']}; `all` = {', '.join(result['new'])}; "
+        f"`--amp auto` here: {result['amp_auto']}; `--cpu-allocator` {result.get('cpu_allocator', 'system')} "
+        "for every variant. Medians of single steps; ratio = new / baseline (below 1 is faster). Written by "
         "`python benchmarks/bench_train_step.py`.",
         "",
         "| setting | threads | merger | generator | baseline s/step | all s/step | all, 400-step amortised | ratio "
@@ -379,6 +458,20 @@ def markdown(result: dict) -> str:
                 for c in compiled
             ),
         ]
+    if result.get("breakdown"):
+        lines += [
+            "",
+            "Where a TLAM + ASAP-Net step goes (baseline; medians of interleaved timings, shares by difference):",
+            "",
+            "| setting | threads | step s | merger fwd+bwd | generator fwd+bwd | discriminator, Adam, losses |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for b in result["breakdown"]:
+            share = b["share"]
+            lines.append(
+                f"| {b['setting']} | {b['threads']} | {b['median_s']['step']:.3f} | {100 * share['merger']:.0f}% | "
+                f"{100 * share['generator']:.0f}% | {100 * share['discriminator_adam_rest']:.0f}% |"
+            )
     t = result.get("tlam_peak")
     if t:
         share = f"{100 * t['peak_share']:.1f}%" if t["peak_share"] is not None else "unknown (no clock read)"
@@ -434,6 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mergers", nargs="+", choices=MERGERS, default=list(MERGERS))
     p.add_argument("--generators", nargs="+", choices=GENERATORS, default=list(GENERATORS))
     p.add_argument(
+        "--cpu-allocator",
+        choices=CPU_ALLOCATORS,
+        default="reuse",
+        help="the training runs' --cpu-allocator, for every variant (it is process-wide; "
+        "benchmarks/main_job_time.py compares the two in fresh processes)",
+    )
+    p.add_argument(
         "--out-dir", type=Path, help="where the results go (default: benchmarks/results, smoke: a temporary folder)"
     )
     return p
@@ -444,7 +544,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "fused_adam" in args.new and "foreach_adam" in args.new:
         raise SystemExit("--new: fused_adam and foreach_adam are two implementations of Adam; pick one")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    plan = make_plan(mode, tuple(args.new))
+    capped = avx2_capped()
+    plan = make_plan(mode, tuple(lever for lever in args.new if lever in levers_that_apply()))
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="bench_train_step_")) if args.smoke else RESULTS)
     scratch = Path(tempfile.mkdtemp(prefix="bench_train_step_runs_"))
     info = read_cpu_info()
@@ -457,12 +558,15 @@ def main(argv: list[str] | None = None) -> dict:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "new": list(plan.new),
         "amp_auto": resolve_amp("auto", torch.device("cpu"))[1],
+        "cpu_allocator": args.cpu_allocator,
+        "avx2_cap": AVX2_CAP if capped else None,
         "plan": {"repeats": plan.repeats, "steps_per_repeat": plan.steps_per_repeat, "warmup": plan.warmup},
         "cases": [],
     }
-    path = out_dir / f"{result_stem(info.model)}{'_smoke' if args.smoke else ''}.json"
+    suffix = ("_avx2cap" if capped else "") + ("_smoke" if args.smoke else "")
+    path = out_dir / f"{result_stem(info.model)}{suffix}.json"
     warnings.filterwarnings("ignore", message=".*VGG19.*")  # the demo's perceptual loss is off without weights
-    chosen = [s for s in settings(args.smoke) if s.name in args.settings]
+    chosen = [replace(s, cpu_allocator=args.cpu_allocator) for s in settings(args.smoke) if s.name in args.settings]
     for setting in chosen:
         for merger in args.mergers:
             for generator in args.generators:
@@ -489,6 +593,11 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{time.perf_counter() - started:.0f} s to measure",
                     flush=True,
                 )
+    result["breakdown"] = [
+        step_breakdown(setting, plan.repeats * plan.steps_per_repeat, scratch / f"breakdown_{setting.name}")
+        for setting in chosen
+    ]
+    write_json(path, result)
     demo = next((s for s in chosen if s.name == "demo"), None)
     if demo is not None:
         result["tlam_peak"] = tlam_peak_share(demo, demo.threads, repeats=plan.repeats * plan.steps_per_repeat)

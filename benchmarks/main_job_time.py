@@ -15,11 +15,14 @@ not that CPU's clock, caches or memory, so the AVX2 figures are a code-path esti
 of a candidate to the default size is what carries over to another machine. Cases are run
 round-robin, one process at a time, on an otherwise idle machine.
 
-Writes ``main_job_time_<cpu>.json`` (every interval of every run, the machine) and ``.md``.
+Writes ``main_job_time_<cpu>[_<name>].json`` (every interval of every run, the machine) and ``.md``;
+``--cases`` picks cases (the first is the one ratios refer to), ``--isas`` the ISAs.
 
 Usage (from the repository root)::
 
     python benchmarks/main_job_time.py                 # the cases below, 100 steps each, both ISAs
+    python benchmarks/main_job_time.py --cases "64px batch 4" "64px batch 4, system allocator" \
+        --repeats 3 --name allocator                   # the allocator, each case 3 times
     python benchmarks/main_job_time.py --smoke         # 2 tiny cases, seconds; the numbers mean nothing
 """
 
@@ -48,12 +51,18 @@ MAIN_JOB = ROOT / "examples" / "train_asap_tlam.py"
 JOB_STEPS = 400  # the main job's length
 LOG_EVERY = 25
 
-# Fixed before any run: the default and the smaller sizes a default could move to.
+# Fixed before any run: the sizes a default could move to (64 px batch 8 was the default up to
+# 0.2.0, batch 4 after), then two levers at the default size: glibc's allocator as the process
+# finds it, against the job's default, which keeps freed memory for reuse (--cpu-allocator), and
+# rendering the scenes in a loader process that overlaps with the step (the job renders each
+# batch between two steps).
 CASES = {
-    "64px batch 8": [],
+    "64px batch 8": ["--batch-size", "8"],
     "64px batch 4": ["--batch-size", "4"],
-    "48px batch 8": ["--resolution", "48"],
+    "48px batch 8": ["--resolution", "48", "--batch-size", "8"],
     "48px batch 4": ["--resolution", "48", "--batch-size", "4"],
+    "64px batch 4, system allocator": ["--batch-size", "4", "--cpu-allocator", "system"],
+    "64px batch 4, 1 loader worker": ["--batch-size", "4", "--workers", "1"],
 }
 ISAS = {
     "native": {},
@@ -140,8 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--smoke", action="store_true", help="2 tiny cases of 50 steps; the numbers mean nothing")
+    p.add_argument("--cases", nargs="+", choices=list(CASES), help="cases to run, in this order (default: all)")
+    p.add_argument("--isas", nargs="+", choices=list(ISAS), default=list(ISAS), help="code paths (default: both)")
+    p.add_argument("--name", help="suffix of the result files, so that a part does not replace the whole")
     args = p.parse_args(argv)
-    cases, extra = dict(CASES), []
+    cases, extra = {case: CASES[case] for case in args.cases or CASES}, []
     if args.smoke:
         cases = {
             "16px batch 2": ["--resolution", "16", "--batch-size", "2"],
@@ -152,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     cpu = read_cpu_info()
     runs = []
     for repeat in range(args.repeats):
-        for isa, isa_env in ISAS.items():
+        for isa, isa_env in {isa: ISAS[isa] for isa in args.isas}.items():
             for case, flags in cases.items():
                 run = run_case(flags, isa_env, steps=args.steps, threads=args.threads, extra=extra)
                 runs.append({"case": case, "isa": isa, "repeat": repeat, "flags": flags, **run})
@@ -164,12 +176,13 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"steps": args.steps, "repeats": args.repeats, "threads": args.threads, "smoke": args.smoke},
         "machine": machine_info(),
         "vector_extensions": cpu.vector_flags,
-        "isas": ISAS,
+        "isas": {isa: ISAS[isa] for isa in args.isas},
         "date": utc_now(),
         "summary": summarise(runs, next(iter(cases))),
         "runs": runs,
     }
-    stem = result_stem(cpu.model).replace("train_step_", "main_job_time_", 1) + ("_smoke" if args.smoke else "")
+    stem = result_stem(cpu.model).replace("train_step_", "main_job_time_", 1)
+    stem += "".join(f"_{part}" for part in (args.name, "smoke" if args.smoke else None) if part)
     write_json(args.results_dir / f"{stem}.json", report)
     (args.results_dir / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))

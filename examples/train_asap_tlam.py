@@ -37,7 +37,9 @@ from examples.training.loop import Trainer  # noqa: E402
 from examples.training.run_files import ensure_writable  # noqa: E402
 
 # Flags that may change when a run is resumed; any other flag must match the saved configuration.
-RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "log_every", "sample_every", "checkpoint_every"}
+RESUMABLE_FLAGS = {
+    "steps", "out", "device", "workers", "cpu_allocator", "log_every", "sample_every", "checkpoint_every"
+}  # fmt: skip
 # Fields a run fills in when it starts (what --amp auto became): a preset never sets them.
 RESOLVED_AT_START = {"amp_resolved", "amp_reason"}
 
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 flush=True,
             )
             print(f"bfloat16 autocast: {trainer.config.train.amp_reason}", flush=True)
+            print(f"CPU allocator: {trainer.allocator_note}", flush=True)
         losses = trainer.train()
     except BaseException:
         teardown_distributed(wait_for_all_ranks=False)  # another rank may never reach a barrier

@@ -68,6 +68,7 @@ def test_bad_amp_and_adam_settings_are_named():
         ("train", "amp", 1, "--amp"),  # 1 is not True: the setting is on, off or auto
         ("optim", "adam_impl", "fast", "--adam-impl"),
         ("train", "channels_last", "yes", "--channels-last"),
+        ("train", "cpu_allocator", "jemalloc", "--cpu-allocator"),
     ]:
         bad = replace(config, **{section: replace(getattr(config, section), **{name: value})})
         with pytest.raises(ValueError, match=flag):
@@ -82,6 +83,46 @@ def test_the_speed_flags_parse_and_default_to_todays_behaviour():
     assert config.train.amp == "auto" and config.optim.adam_impl == "fused"
     assert config.train.channels_last and config.train.one_discriminator_pass
     assert parse_args(["--amp"])[0].train.amp is True and parse_args(["--amp", "off"])[0].train.amp is False
+    # the allocator changes no numerics, so it is on by default (see keep_freed_memory)
+    assert default.train.cpu_allocator == "reuse"
+    assert parse_args(["--cpu-allocator", "system"])[0].train.cpu_allocator == "system"
+
+
+HEAP_CHECK = """
+import ctypes, sys
+import torch
+from examples.training.cpu import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2: every field a size_t
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "reuse":
+    assert keep_freed_memory()[0]
+size = 64 << 20
+block = torch.ones(size // 4)  # 64 MiB, above glibc's largest automatic mmap threshold (32 MiB)
+mapped = libc.mallinfo2().hblkhd >= size  # served by its own mmap?
+del block
+kept = libc.mallinfo2().fordblks >= size  # still in the heap, free for the next tensor?
+print(mapped, kept)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's malloc: Linux only")
+def test_reuse_keeps_large_freed_tensors_in_the_heap():
+    """With the setting a 64 MiB tensor comes from the heap and stays there when freed; without, it does not."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    seen = {}
+    for setting in ("system", "reuse"):  # fresh processes: the setting is process-wide
+        done = subprocess.run([sys.executable, "-c", HEAP_CHECK, setting], cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        seen[setting] = done.stdout.split()
+    assert seen == {"system": ["True", "False"], "reuse": ["False", "True"]}
 
 
 def test_fp32_peak_estimate():
@@ -215,9 +256,15 @@ def test_cli_prints_the_amp_choice_and_resumes_with_the_speed_flags(tmp_path):
     done = script("examples/train_asap_tlam.py", *flags, "--steps", "1", "--out", out)
     assert done.returncode == 0, done.stderr
     assert "bfloat16 autocast: auto: " in done.stdout
-    done = script("examples/train_asap_tlam.py", "--resume", "--amp", "auto", "--steps", "2", "--out", out)
+    assert "CPU allocator: reuse: glibc" in done.stdout or "CPU allocator: unchanged" in done.stdout
+    # the allocator changes no numerics: a resumed run may switch it
+    done = script(
+        "examples/train_asap_tlam.py", "--resume", "--amp", "auto", "--cpu-allocator", "system", "--steps", "2",
+        "--out", out,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stdout and "step 2" in done.stdout
+    assert "CPU allocator: system, as asked" in done.stdout
 
 
 @pytest.mark.slow
@@ -246,6 +293,12 @@ def test_the_benchmark_smoke_run_writes_its_json(tmp_path):
     for v in variants.values():
         assert len(v["step_s"]) == 2 and all(s > 0 for s in v["step_s"]) and v["ratio"] > 0
     assert variants["baseline"]["ratio"] == 1.0
+    (breakdown,) = saved["breakdown"]
+    assert breakdown["setting"] == "demo" and set(breakdown["share"]) == {
+        "merger", "generator", "discriminator_adam_rest"
+    }  # fmt: skip
+    assert all(len(v) == 2 and min(v) > 0 for v in breakdown["seconds"].values())
+    assert saved["cpu_allocator"] == "reuse"
     peak = saved["tlam_peak"]
     assert peak["flop"] > 0 and peak["gflops"] > 0 and "FMA" in peak["peak_formula"]
     assert path.with_suffix(".md").read_text().startswith("# Training step on the CPU")
@@ -274,3 +327,18 @@ def test_main_job_time_reads_the_jobs_own_log_and_estimates_400_steps():
     half = {**run, "steady_step_s": run["steady_step_s"] / 2}
     rows = summarise([{"case": "big", "isa": "x", **run}, {"case": "small", "isa": "x", **half}], "big")
     assert rows[0]["ratio_to_default"] == 1.0 and rows[1]["ratio_to_default"] < 1.0
+
+
+def test_the_avx2_cap_is_recognised_and_leaves_bf16_out(monkeypatch):
+    from benchmarks import bench_train_step
+
+    for name in bench_train_step.AVX2_CAP:
+        monkeypatch.delenv(name, raising=False)
+    assert not bench_train_step.avx2_capped()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert not bench_train_step.avx2_capped()  # all three libraries, or it is not an AVX2-only code path
+    for name, value in bench_train_step.AVX2_CAP.items():
+        monkeypatch.setenv(name, value)
+    assert bench_train_step.avx2_capped()
+    assert "bf16_auto" not in bench_train_step.levers_that_apply()
+    assert "channels_last" in bench_train_step.levers_that_apply()

@@ -43,7 +43,7 @@ from examples.losses import (
 from examples.training.builders import build_datasets, build_networks, label_specs_of, specs_to_dict
 from examples.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from examples.training.config import RunConfig, check_config
-from examples.training.cpu import resolve_amp
+from examples.training.cpu import keep_freed_memory, resolve_amp
 from examples.training.data import ResumableSampler
 from examples.training.distributed import DistInfo, pick_device
 from examples.training.run_files import ensure_writable, trim_metrics_log
@@ -118,6 +118,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _set_cpu_allocator(setting: str, device: torch.device) -> str:
+    """Apply ``--cpu-allocator`` for a CPU run; returns what was done, for the start-up line."""
+    if device.type != "cpu":
+        return f"unchanged: the run is on {device.type}"
+    if setting == "system":
+        return "system, as asked"
+    return keep_freed_memory()[1]
 
 
 def with_amp_resolved(config: RunConfig, device: torch.device) -> RunConfig:
@@ -196,6 +205,7 @@ class Trainer:
             raise ValueError("--one-discriminator-pass runs in a single process only; leave it out with torchrun")
         self.config = config = with_amp_resolved(config, self.device)
         t = config.train
+        self.allocator_note = _set_cpu_allocator(t.cpu_allocator, self.device)
         self.out = Path(t.out)
         if self.dist.is_main:  # before any heavy work: a read-only or full disk is found at once
             ensure_writable(self.out)
