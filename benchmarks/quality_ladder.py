@@ -8,7 +8,8 @@ Trains, with ASAP-Net and the quality study's budget and seeds, the rungs of the
 - naive with normalisation and presence channels (the project's, Table 1's ``asap-naive``;
   its sparse twin ``asap-naive-sparse`` is a ladder row);
 - TLAM without label normalisation;
-- TLAM at width 32, dense and 50% sparse, twice the budget's: does width close TLAM's gaps in the GAN?
+- TLAM at widths 32 and 64, dense and 50% sparse, and 96 (the paper's) 50% sparse: two, four and
+  six times the budget's: does width close TLAM's gaps in the GAN?
 
 and sets them beside Table 1's ``asap-naive``, ``asap-tlam-dense`` and ``asap-tlam-sparse``.
 Those three are read from the quality study's JSON (``--reference``) when it was measured with
@@ -81,6 +82,20 @@ LADDER_CLAIMS = (
             "asap-tlam-w32-sparse",
             "asap-naive-sparse",
         ),
+        ("TLAM at width 64 beats TLAM at width 32 (dense)", "asap-tlam-w64-dense", "asap-tlam-w32-dense"),
+        ("TLAM at width 64 beats naive + normalisation + presence (dense)", "asap-tlam-w64-dense", "asap-naive"),
+        ("TLAM at width 64 beats TLAM at width 32 (50% sparse)", "asap-tlam-w64-sparse", "asap-tlam-w32-sparse"),
+        (
+            "TLAM at width 64 beats naive + normalisation + presence (50% sparse)",
+            "asap-tlam-w64-sparse",
+            "asap-naive-sparse",
+        ),
+        ("TLAM at width 96 beats TLAM at width 32 (50% sparse)", "asap-tlam-w96-sparse", "asap-tlam-w32-sparse"),
+        (
+            "TLAM at width 96 beats naive + normalisation + presence (50% sparse)",
+            "asap-tlam-w96-sparse",
+            "asap-naive-sparse",
+        ),
     )
 )
 
@@ -128,9 +143,10 @@ def reference_rows(path: Path, budget: dict, protocol: dict) -> list[dict]:
 # The rungs from the weakest baseline up, then TLAM, per regime (dense: False, sparse: True).
 PLOT_ORDER = {
     False: ("asap-naive-raw", "asap-naive-norm", "asap-naive", "asap-tlam-raw-dense", "asap-tlam-dense",
-            "asap-tlam-w32-dense"),
+            "asap-tlam-w32-dense", "asap-tlam-w64-dense"),
     True: ("asap-naive-raw-sparse", "asap-naive-norm-sparse", "asap-naive-sparse", "asap-tlam-raw-sparse",
-           "asap-tlam-sparse", "asap-tlam-w32-sparse"),
+           "asap-tlam-sparse", "asap-tlam-w32-sparse", "asap-tlam-w64-sparse",
+           "asap-tlam-w96-sparse"),
 }  # fmt: skip
 RUNG_LABELS = {
     name: label
@@ -147,6 +163,9 @@ RUNG_LABELS = {
     "asap-tlam-sparse": "TLAM",
     "asap-tlam-w32-dense": "TLAM, width 32",
     "asap-tlam-w32-sparse": "TLAM, width 32",
+    "asap-tlam-w64-dense": "TLAM, width 64",
+    "asap-tlam-w64-sparse": "TLAM, width 64",
+    "asap-tlam-w96-sparse": "TLAM, width 96",
 }
 
 

@@ -160,7 +160,7 @@ def test_ladder_trains_its_rungs_and_reads_table1_rows_from_the_quality_study(qu
     assert saved["asap-naive-norm-sparse"]["train"]["sparsity"] == 0.5
     assert saved["asap-tlam-raw-dense"]["model"]["normalize_labels"] is False
     claims = {claim["claim"]: claim for claim in report["claims"]}
-    assert len(claims) == 18
+    assert len(claims) == 24
     assert (
         claims["TLAM beats the paper's naive (50% sparse)"]["a"],
         claims["TLAM beats the paper's naive (50% sparse)"]["b"],

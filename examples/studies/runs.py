@@ -75,7 +75,7 @@ TABLE1 = (
 # The baseline ladder (ASAP-Net): from the paper's naive concatenation (raw labels, no presence
 # channels) up to the project's (normalised, with presence channels: "asap-naive"), and TLAM
 # without label normalisation, dense and 50% sparse, next to the Table 1 rows they climb to;
-# and TLAM at twice the budget's width.
+# and TLAM at two, four and (sparse) six times the budget's width.
 LADDER = (
     Variant("asap-naive-raw", "ASAP", "Naive (paper: raw, no presence)", "asap", "naive", 0.0, False, False),
     Variant("asap-naive-norm", "ASAP", "Naive + normalisation", "asap", "naive", 0.0, True, False),
@@ -87,6 +87,10 @@ LADDER = (
     # Does a wider merger close TLAM's class-information gap inside the GAN (docs/choosing.md)?
     Variant("asap-tlam-w32-dense", "ASAP", "TLAM, width 32", "asap", "tlam", 0.0, dim=32),
     Variant("asap-tlam-w32-sparse", "ASAP", "TLAM, width 32", "asap", "tlam", 0.5, dim=32),
+    Variant("asap-tlam-w64-dense", "ASAP", "TLAM, width 64", "asap", "tlam", 0.0, dim=64),
+    Variant("asap-tlam-w64-sparse", "ASAP", "TLAM, width 64", "asap", "tlam", 0.5, dim=64),
+    # The paper's width, sparse only: where TLAM won at width 32 (a row costs twice width 64's time).
+    Variant("asap-tlam-w96-sparse", "ASAP", "TLAM, width 96", "asap", "tlam", 0.5, dim=96),
 )
 VARIANTS = {variant.name: variant for variant in TABLE1 + LADDER}
 
