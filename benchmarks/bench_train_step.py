@@ -240,6 +240,7 @@ def tlam_peak_share(setting: Setting, threads: int, repeats: int) -> dict:
 
     forward_backward()  # warm-up
     seconds = statistics.median(forward_backward() for _ in range(repeats))
+    shares = operator_shares(forward_backward)
     pixels = setting.batch_size * setting.resolution * setting.resolution
     hidden = merger.blocks[0].mlp.fc1.out_features if m.depth else 0
     flops = model_flops(pixels, training=True, tokens=len(specs), dim=m.dim, hidden=hidden, depth=m.depth)
@@ -247,6 +248,8 @@ def tlam_peak_share(setting: Setting, threads: int, repeats: int) -> dict:
     ghz, clock_source = cpu_clock_ghz()
     peak = fp32_peak_gflops(info, threads, ghz) if ghz else None
     achieved = flops / seconds / 1e9
+    # If every matrix product ran at the peak and everything else took the time it takes now:
+    ceiling = flops / (seconds * (1 - shares["matrix products"]) + flops / (peak * 1e9)) / 1e9 if peak else None
     return {
         "pixels": pixels,
         "tokens": len(specs),
@@ -259,11 +262,37 @@ def tlam_peak_share(setting: Setting, threads: int, repeats: int) -> dict:
         "threads": threads,
         "peak_gflops": peak,
         "peak_share": achieved / peak if peak else None,
+        "operator_shares": shares,
+        "ceiling_gflops": ceiling,
+        "ceiling_share": ceiling / peak if peak else None,
         "peak_formula": (
             f"{threads} cores x {ghz} GHz ({clock_source}) x {fp32_lanes_per_fma(info)} fp32 lanes x "
             "2 FLOP per FMA x 2 FMA units (assumed; see examples/training/cpu.py)"
         ),
     }
+
+
+OPERATOR_KINDS = {  # torch.profiler operator names -> the kind of work
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
+}  # fmt: skip
+
+
+def operator_shares(run: Callable[[], object]) -> dict[str, float]:
+    """Shares of ``run``'s operator time (torch.profiler, self CPU time) by :data:`OPERATOR_KINDS`.
+
+    The rest ("other": normalisation, GELU, residual sums, layout copies, reductions) streams
+    whole token tensors through memory with little arithmetic per byte.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    times = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+    total = sum(times.values())
+    shares = {kind: sum(times.get(name, 0) for name in names) / total for kind, names in OPERATOR_KINDS.items()}
+    return {**shares, "other": 1 - sum(shares.values())}
 
 
 # ----------------------------------------------------------------------------- where the step goes
@@ -481,6 +510,18 @@ def markdown(result: dict) -> str:
             f"width {t['dim']}, {t['depth']} blocks): {t['median_s'] * 1000:.1f} ms, {t['gflops']:.1f} GFLOP/s, "
             f"{share} of the fp32 peak, estimated as {t['peak_formula']}.",
         ]
+        if t.get("operator_shares"):
+            kinds = ", ".join(f"{kind} {100 * value:.0f}%" for kind, value in t["operator_shares"].items())
+            ceiling = (
+                f"{t['ceiling_gflops']:.1f} GFLOP/s ({100 * t['ceiling_share']:.0f}% of the peak)"
+                if t["ceiling_gflops"]
+                else "unknown"
+            )
+            lines += [
+                "",
+                f"Its operator time (torch.profiler): {kinds}. Were every matrix product at the peak and the rest as "
+                f"it is, it would reach {ceiling}: the peak target needs the other operators fused into the products.",
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -301,6 +301,9 @@ def test_the_benchmark_smoke_run_writes_its_json(tmp_path):
     assert saved["cpu_allocator"] == "reuse"
     peak = saved["tlam_peak"]
     assert peak["flop"] > 0 and peak["gflops"] > 0 and "FMA" in peak["peak_formula"]
+    shares = peak["operator_shares"]
+    assert set(shares) == {"matrix products", "attention", "other"} and sum(shares.values()) == pytest.approx(1)
+    assert shares["matrix products"] > 0 and shares["attention"] > 0  # the profiler's names are the ones looked for
     assert path.with_suffix(".md").read_text().startswith("# Training step on the CPU")
     assert path.with_suffix(".png").stat().st_size > 0
 
