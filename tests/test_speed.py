@@ -110,6 +110,27 @@ print(mapped, kept)
 """
 
 
+@pytest.mark.slow
+def test_the_allocator_changes_no_number_at_the_demo_size(tmp_path):
+    """Two demo-size steps with glibc's allocator as it is and with reuse: bit-identical checkpoints.
+
+    Where memory comes from could in principle change a library's code path (alignment), so
+    this is checked, at the size whose 42 MiB tensors the setting is for.
+    """
+    from safetensors.torch import load_file
+
+    flags = ["--steps", "2", "--train-samples", "8", "--val-samples", "4", "--sample-every", "1000"]
+    saved = {}
+    for setting in ("system", "reuse"):
+        out = tmp_path / setting
+        done = script("examples/train_asap_tlam.py", *flags, "--cpu-allocator", setting, "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        (checkpoint,) = (out / "checkpoints").glob("*.safetensors")
+        saved[setting] = load_file(checkpoint)
+    assert saved["system"].keys() == saved["reuse"].keys()
+    assert all(torch.equal(saved["system"][name], saved["reuse"][name]) for name in saved["system"])
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's malloc: Linux only")
 def test_reuse_keeps_large_freed_tensors_in_the_heap():
     """With the setting a 64 MiB tensor comes from the heap and stays there when freed; without, it does not."""
