@@ -245,6 +245,8 @@ def tlam_peak_share(setting: Setting, threads: int, repeats: int) -> dict:
     hidden = merger.blocks[0].mlp.fc1.out_features if m.depth else 0
     flops = model_flops(pixels, training=True, tokens=len(specs), dim=m.dim, hidden=hidden, depth=m.depth)
     info = read_cpu_info()
+    if avx2_capped():  # the capped libraries use AVX2's 8 fp32 lanes, whatever the CPU has
+        info = replace(info, flags=info.flags - {"avx512f"})
     ghz, clock_source = cpu_clock_ghz()
     peak = fp32_peak_gflops(info, threads, ghz) if ghz else None
     achieved = flops / seconds / 1e9
@@ -377,11 +379,17 @@ def levers_that_apply() -> tuple[str, ...]:
     """Every lever, less bf16 autocast where ``--amp auto`` turns it off (it would time the baseline again).
 
     Under the AVX2 cap bf16 is left out too: ``auto`` reads the CPU's flags, not the cap, and
-    would time bf16 emulated through fp32, which an AVX2-only CPU's ``auto`` never runs.
+    would time bf16 emulated through fp32, which an AVX2-only CPU's ``auto`` never runs. So is
+    ``torch.compile``: under the cap its compiled steps failed or gave NaN losses on an AVX-512
+    Xeon (torch 2.13), an artefact of capping one process's libraries rather than a measurement
+    of an AVX2 CPU.
     """
     bf16_on, _ = resolve_amp("auto", torch.device("cpu"))
-    bf16_on = bf16_on and not avx2_capped()
-    return tuple(lever for lever in LEVERS if bf16_on or lever != "bf16_auto")
+    capped = avx2_capped()
+    left_out = {"compile"} if capped else set()
+    if not bf16_on or capped:
+        left_out.add("bf16_auto")
+    return tuple(lever for lever in LEVERS if lever not in left_out)
 
 
 def make_plan(mode: str, new: tuple[str, ...]) -> Plan:
@@ -450,7 +458,7 @@ def markdown(result: dict) -> str:
     cap = result.get("avx2_cap")
     capped = (
         f"**capped at AVX2 code paths** ({', '.join(f'{k}={v}' for k, v in cap.items())}; the clock and caches "
-        "are this CPU's own; bf16 left out); "
+        "are this CPU's own; bf16 and torch.compile left out); "
         if cap
         else ""
     )
