@@ -333,7 +333,6 @@ def step_breakdown(setting: Setting, repeats: int, out: Path) -> dict:
             started = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - started)
-    trainer.opt_g.zero_grad(set_to_none=True)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     step = median["step"]
     return {

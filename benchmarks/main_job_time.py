@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
         }
         extra = ["--train-samples", "8", "--val-samples", "4", "--sample-every", "1000", "--checkpoint-every", "1000"]
         args.steps, args.repeats = 50, 1
+    isas = {isa: ISAS[isa] for isa in args.isas}
     cpu = read_cpu_info()
     runs = []
     for repeat in range(args.repeats):
-        for isa, isa_env in {isa: ISAS[isa] for isa in args.isas}.items():
+        for isa, isa_env in isas.items():
             for case, flags in cases.items():
                 run = run_case(flags, isa_env, steps=args.steps, threads=args.threads, extra=extra)
                 runs.append({"case": case, "isa": isa, "repeat": repeat, "flags": flags, **run})
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"steps": args.steps, "repeats": args.repeats, "threads": args.threads, "smoke": args.smoke},
         "machine": machine_info(),
         "vector_extensions": cpu.vector_flags,
-        "isas": {isa: ISAS[isa] for isa in args.isas},
+        "isas": isas,
         "date": utc_now(),
         "summary": summarise(runs, next(iter(cases))),
         "runs": runs,
